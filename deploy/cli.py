@@ -1,0 +1,130 @@
+"""`disagg up`: start a cluster and keep it running until Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import httpx
+
+from deploy import local
+from deploy.processes import ManagedProcess, stop_all
+from deploy.progress import StartupProgress
+from disagg import model
+from disagg.errors import ConfigError
+
+log = logging.getLogger(__name__)
+SAMPLE_PROMPT = "In one sentence, what is disaggregated prefill/decode serving?"
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("up", help="start a cluster: --local runs prefill, decode and router on this host",
+                       description=(
+                           "Start a cluster and keep it running until Ctrl-C (or SIGTERM); if any process "
+                           "dies, everything is stopped. --local runs every component on this host, "
+                           "binding the two vLLM servers to different CPU cores."))
+    p.add_argument("--local", action="store_true", required=True, help="run every component on this host")
+    p.add_argument("--mode", choices=["disagg", "colocated"], default="disagg",
+                   help="disagg: prefill node + decode node; colocated: one node (the baseline) (default: disagg)")
+    p.add_argument("--model", help=f"local Hugging Face model folder (default: {model.default_model_dir()})")
+    p.add_argument("--transport", choices=["nixl", "tcp"], default="nixl", help="KV transport (default: nixl)")
+    p.add_argument("--port", type=int, default=8000, help="router port (default: 8000)")
+    p.add_argument("--baseline-port", type=int, default=None,
+                   help="also serve a colocated baseline router on this port, using the decode node")
+    p.add_argument("--prefill-port", type=int, default=8100,
+                   help="prefill vLLM port; its /info is on the next port (default: 8100)")
+    p.add_argument("--decode-port", type=int, default=8200,
+                   help="decode vLLM port; its /info is on the next port (default: 8200)")
+    p.add_argument("--kv-port-base", type=int, default=5601,
+                   help="KV side-channel ports: this for prefill, +1 for decode (default: 5601)")
+    p.add_argument("--max-model-len", type=int, default=2048, help="context length (default: 2048)")
+    p.add_argument("--no-prefix-caching", action="store_true", help="disable vLLM's prefix cache on the nodes")
+    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra environment for both vLLM servers, e.g. UCX_TLS=tcp (repeatable)")
+    p.add_argument("--log-dir", type=Path, default=local.LocalClusterConfig.__dataclass_fields__["log_dir"].default,
+                   help="where each process writes its log (default: ~/.cache/disagg/logs/local)")
+    p.add_argument("--ready-timeout-s", type=float, default=600.0, help="give up starting after this (default: 600)")
+    p.add_argument("--demo", action="store_true", help="once up, send a sample chat request and print the answer")
+    p.set_defaults(func=run_up)
+
+
+def run_up(args: argparse.Namespace) -> int:
+    config = local.LocalClusterConfig(
+        model_dir=model.resolve_model(args.model), mode=args.mode, transport=args.transport,
+        router_port=args.port, baseline_port=args.baseline_port, prefill_port=args.prefill_port,
+        decode_port=args.decode_port, kv_port_base=args.kv_port_base, max_model_len=args.max_model_len,
+        prefix_caching=not args.no_prefix_caching, log_dir=args.log_dir, ready_timeout_s=args.ready_timeout_s,
+        node_env=tuple(args.env))
+    busy = local.ports_in_use(config)
+    if busy:
+        raise ConfigError(f"ports already in use: {busy}; is a cluster already running? (disagg up starts nothing)")
+    procs = local.plan(config)
+    local.raise_on_sigterm()
+    try:
+        for proc in procs:
+            proc.start()
+        log.info("starting %s; logs in %s", ", ".join(p.name for p in procs), config.log_dir)
+        if not _wait(procs, config):
+            return 1
+        _announce(config, procs)
+        if args.demo:
+            _demo(config)
+        return local.supervise(procs)
+    except KeyboardInterrupt:
+        log.info("stopping the cluster")
+        return 0
+    finally:
+        stop_all(procs)
+
+
+def _wait(procs: list[ManagedProcess], config: local.LocalClusterConfig) -> bool:
+    progress = StartupProgress()
+    started_s = time.monotonic()
+    try:
+        local.wait_healthy(procs, config.ready_timeout_s, progress)
+    except local.ClusterFailed as exc:
+        log.error("cluster failed to start: %s", exc)
+        return False
+    finally:
+        progress.close()
+    log.info("cluster ready in %.1f s", time.monotonic() - started_s)
+    _record_engine_pids(procs)
+    return True
+
+
+def _record_engine_pids(procs: list[ManagedProcess]) -> None:
+    """Remember each node's vLLM process group so that stopping is complete even if a node hangs."""
+    for proc in procs:
+        if proc.name in ("prefill", "decode"):
+            try:
+                pid = httpx.get(proc.health_url.replace("/health", "/info"), timeout=2.0).json().get("pid")
+            except (httpx.HTTPError, ValueError):
+                continue
+            if isinstance(pid, int):
+                proc.extra_pgids.add(pid)
+
+
+def _announce(config: local.LocalClusterConfig, procs: list[ManagedProcess]) -> None:
+    print(f"{config.mode} cluster ready: {config.router_url}/v1  (model: {config.model_dir.name})")
+    if config.baseline_port:
+        print(f"colocated baseline: http://127.0.0.1:{config.baseline_port}/v1")
+    print(f"try: curl {config.router_url}/v1/chat/completions -H 'Content-Type: application/json' "
+          f"-d '{{\"model\": \"{config.model_dir.name}\", \"messages\": [{{\"role\": \"user\", "
+          f"\"content\": \"Hello\"}}]}}'")
+    print("Ctrl-C stops everything.", flush=True)
+
+
+def _demo(config: local.LocalClusterConfig) -> None:
+    body = {"model": config.model_dir.name, "messages": [{"role": "user", "content": SAMPLE_PROMPT}],
+            "max_tokens": 48, "temperature": 0}
+    resp = httpx.post(f"{config.router_url}/v1/chat/completions", json=body, timeout=300.0)
+    if resp.status_code != 200:
+        log.error("sample request failed: HTTP %d %s", resp.status_code, resp.text)
+        return
+    data = resp.json()
+    print(f"sample request: {SAMPLE_PROMPT}")
+    print(f"answer: {data['choices'][0]['message']['content'].strip()}")
+    print(f"usage: {json.dumps(data.get('usage'))}; Server-Timing: {resp.headers.get('server-timing')}", flush=True)

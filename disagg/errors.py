@@ -1,0 +1,109 @@
+"""One closed error hierarchy, mapped to HTTP status and OpenAI error type in one place.
+
+Every failure the router can report is a `DisaggError` subclass. `to_openai()` renders the body in
+OpenAI's shape `{"error": {"message", "type", "param", "code"}}`; `http_status` is the status to send.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class DisaggError(Exception):
+    """Base of every error disagg reports to a client."""
+
+    http_status = 500
+    error_type = "internal_error"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+
+    def to_openai(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.error_type,
+                "param": self.param,
+                "code": self.code if self.code is not None else self.http_status,
+            }
+        }
+
+
+class BadRequest(DisaggError):
+    """The client's request is malformed or asks for something impossible (400)."""
+
+    http_status = 400
+    error_type = "invalid_request_error"
+
+
+class Unauthorized(DisaggError):
+    """Missing or wrong API key or cluster token (401)."""
+
+    http_status = 401
+    error_type = "authentication_error"
+
+
+class NotFound(DisaggError):
+    """Unknown model or route (404)."""
+
+    http_status = 404
+    error_type = "not_found_error"
+
+
+class PayloadTooLarge(DisaggError):
+    """Request body over the configured limit (413)."""
+
+    http_status = 413
+    error_type = "invalid_request_error"
+
+
+class Overloaded(DisaggError):
+    """The router's queue is full (429); the client should retry after `retry_after_s`."""
+
+    http_status = 429
+    error_type = "rate_limit_error"
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
+        super().__init__(message, code="overloaded")
+        self.retry_after_s = retry_after_s
+
+
+class UpstreamError(DisaggError):
+    """A node answered with an error or broke the protocol (502)."""
+
+    http_status = 502
+    error_type = "upstream_error"
+
+
+class NoNodeAvailable(DisaggError):
+    """No node of a needed role is healthy (503)."""
+
+    http_status = 503
+    error_type = "service_unavailable"
+
+
+class DeadlineExceeded(DisaggError):
+    """The request ran past its deadline (504)."""
+
+    http_status = 504
+    error_type = "timeout_error"
+
+
+class ClientRelayedError(DisaggError):
+    """A 4xx from vLLM about the client's own request, passed through with vLLM's status and message."""
+
+    error_type = "invalid_request_error"
+
+    def __init__(self, message: str, *, http_status: int, param: str | None = None,
+                 error_type: str | None = None) -> None:
+        super().__init__(message, param=param)
+        self.http_status = http_status
+        if error_type:
+            self.error_type = error_type
+
+
+class ConfigError(Exception):
+    """A setting or cluster file is invalid. Raised at start-up, never mapped to HTTP."""

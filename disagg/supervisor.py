@@ -1,0 +1,147 @@
+"""The node supervisor: starts one vLLM server for a role, waits until it is healthy, serves `/info`
+and `/health` about it, forwards signals, and stops when the server dies.
+
+The vLLM server runs in its own process group so that stopping the supervisor stops every process
+vLLM spawned (engine core, workers), leaving none behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import time
+from typing import Any
+
+import httpx
+import uvicorn
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+
+from disagg.messages import NodeInfo
+from disagg.model import kv_geometry
+from disagg.node_config import NodeConfig, vllm_command, vllm_env
+
+log = logging.getLogger(__name__)
+STOP_GRACE_S = 20.0
+
+
+class Supervisor:
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.kv_bytes_per_token = kv_geometry(config.model_dir, config.dtype).kv_bytes_per_token
+        self.process: subprocess.Popen[bytes] | None = None
+        self.engine_ready = False
+        self.exit_code: int | None = None
+        self.failed = False  # the server died or never became ready (as opposed to being told to stop)
+
+    def info(self) -> NodeInfo:
+        c = self.config
+        return NodeInfo(
+            role=c.role, vllm_url=c.vllm_url, model_path=str(c.model_dir),
+            served_model_name=c.served_model_name, transport=c.transport.name,
+            transport_reason=f"--transport {c.transport.name}", kv_bytes_per_token=self.kv_bytes_per_token,
+            block_size_tokens=None, kv_role=c.transport.kv_role, engine_ready=self.engine_ready,
+            pid=self.process.pid if self.process else None,
+        )
+
+    def start(self) -> None:
+        cmd = vllm_command(self.config)
+        log.info("starting %s vLLM server: %s", self.config.role, " ".join(cmd))
+        env = vllm_env(self.config, dict(os.environ))
+        self.process = subprocess.Popen(cmd, env=env, start_new_session=True)
+
+    def stop(self) -> None:
+        """Stop the server's whole process group: SIGTERM, then SIGKILL after a grace period."""
+        proc = self.process
+        if proc is None or proc.poll() is not None:
+            _kill_group(proc, signal.SIGKILL)  # children may outlive the leader
+            return
+        log.info("stopping %s vLLM server (pid %d)", self.config.role, proc.pid)
+        _kill_group(proc, signal.SIGTERM)
+        try:
+            proc.wait(timeout=STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            log.warning("vLLM server did not stop in %.0f s; killing it", STOP_GRACE_S)
+        _kill_group(proc, signal.SIGKILL)
+        proc.wait()
+
+    async def watch(self, server: uvicorn.Server) -> None:
+        """Poll the server until it is healthy, then keep watching it; end the supervisor if it dies."""
+        started_s = time.monotonic()
+        last_report_s = started_s
+        async with httpx.AsyncClient(timeout=2.0) as client:
+            while self.process is not None and self.process.poll() is None:
+                healthy = await _is_healthy(client, self.config.vllm_url)
+                now_s = time.monotonic()
+                if healthy and not self.engine_ready:
+                    log.info("%s vLLM server ready in %.1f s at %s", self.config.role, now_s - started_s,
+                             self.config.vllm_url)
+                elif not healthy and not self.engine_ready and now_s - last_report_s >= 10:
+                    log.info("%s vLLM server loading (%.0f s)", self.config.role, now_s - started_s)
+                    last_report_s = now_s
+                self.engine_ready = healthy or self.engine_ready
+                if not self.engine_ready and now_s - started_s > self.config.ready_timeout_s:
+                    log.error("vLLM server not ready after %.0f s; giving up", self.config.ready_timeout_s)
+                    break
+                await asyncio.sleep(1.0)
+        self.exit_code = self.process.poll() if self.process else None
+        self.failed = True
+        log.error("%s vLLM server stopped (exit code %s); stopping the node", self.config.role, self.exit_code)
+        self.engine_ready = False
+        server.should_exit = True
+
+
+async def _is_healthy(client: httpx.AsyncClient, url: str) -> bool:
+    try:
+        return (await client.get(f"{url}/health")).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _kill_group(proc: subprocess.Popen[bytes] | None, sig: int) -> None:
+    if proc is None:
+        return
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def info_app(supervisor: Supervisor) -> FastAPI:
+    app = FastAPI(title=f"disagg {supervisor.config.role} node")
+
+    @app.get("/info")
+    async def info() -> Any:
+        return supervisor.info().model_dump()
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        ok = supervisor.engine_ready
+        return JSONResponse({"status": "ok" if ok else "loading", "role": supervisor.config.role},
+                            status_code=200 if ok else 503)
+
+    return app
+
+
+def run_node(config: NodeConfig) -> int:
+    """Run a node until it is told to stop (SIGINT/SIGTERM) or its vLLM server dies."""
+    supervisor = Supervisor(config)
+    server = uvicorn.Server(uvicorn.Config(info_app(supervisor), host=config.host, port=config.info_port,
+                                           log_level="warning"))
+    supervisor.start()
+
+    async def main() -> None:
+        watcher = asyncio.create_task(supervisor.watch(server))
+        try:
+            await server.serve()
+        finally:
+            watcher.cancel()
+
+    try:
+        asyncio.run(main())
+    finally:
+        supervisor.stop()
+    return 1 if supervisor.failed else 0

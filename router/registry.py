@@ -1,0 +1,111 @@
+"""The router's view of its nodes: where each one's vLLM server is, whether it is healthy, what it costs.
+
+A node URL names either a disagg node supervisor (it answers `GET /info` with a `NodeInfo`) or a plain
+vLLM server started by hand (it does not; its own URL is then where requests go). A background task
+checks every node each `health_interval_s`; requests only go to healthy nodes, round robin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from dataclasses import dataclass, field
+
+import httpx
+from pydantic import ValidationError
+
+from disagg.errors import NoNodeAvailable
+from disagg.messages import NodeInfo
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Node:
+    """One node as the router knows it. Mutated only by `NodeRegistry.check`."""
+
+    role: str
+    url: str
+    info: NodeInfo | None = None
+    healthy: bool = False
+    last_error: str | None = None
+
+    @property
+    def vllm_url(self) -> str:
+        return self.info.vllm_url if self.info else self.url
+
+    def describe(self) -> dict:
+        return {
+            "role": self.role,
+            "url": self.url,
+            "vllm_url": self.vllm_url,
+            "healthy": self.healthy,
+            "last_error": self.last_error,
+            "info": self.info.model_dump() if self.info else None,
+        }
+
+
+@dataclass
+class NodeRegistry:
+    nodes: list[Node]
+    _counters: dict[str, itertools.count] = field(default_factory=dict)
+
+    @classmethod
+    def from_urls(cls, prefill_urls: tuple[str, ...], decode_urls: tuple[str, ...]) -> "NodeRegistry":
+        nodes = [Node("prefill", u.rstrip("/")) for u in prefill_urls]
+        nodes += [Node("decode", u.rstrip("/")) for u in decode_urls]
+        return cls(nodes)
+
+    def pick(self, role: str) -> Node:
+        """A healthy node of `role`, round robin; NoNodeAvailable when there is none."""
+        healthy = [n for n in self.nodes if n.role == role and n.healthy]
+        if not healthy:
+            errors = "; ".join(f"{n.url}: {n.last_error or 'not ready'}" for n in self.nodes if n.role == role)
+            raise NoNodeAvailable(f"no healthy {role} node ({errors})", code=f"no_{role}_node")
+        counter = self._counters.setdefault(role, itertools.count())
+        return healthy[next(counter) % len(healthy)]
+
+    def has_healthy(self, role: str) -> bool:
+        return any(n.healthy for n in self.nodes if n.role == role)
+
+    def mark_failed(self, node: Node, reason: str) -> None:
+        """A request saw the node fail; keep it out until the next health check says otherwise."""
+        if node.healthy:
+            log.warning("node %s (%s) marked down: %s", node.url, node.role, reason)
+        node.healthy, node.last_error = False, reason
+
+    async def check_all(self, client: httpx.AsyncClient) -> None:
+        await asyncio.gather(*(self.check(client, n) for n in self.nodes))
+
+    async def check(self, client: httpx.AsyncClient, node: Node) -> None:
+        was_healthy = node.healthy
+        try:
+            node.info = await _fetch_info(client, node.url)
+            if node.info is not None and not node.info.engine_ready:
+                raise RuntimeError("engine still loading")
+            resp = await client.get(f"{node.vllm_url}/health")
+            if resp.status_code != 200:
+                raise RuntimeError(f"/health answered {resp.status_code}")
+            node.healthy, node.last_error = True, None
+        except (httpx.HTTPError, RuntimeError) as exc:
+            node.healthy, node.last_error = False, str(exc) or type(exc).__name__
+        if node.healthy != was_healthy:
+            log.info("node %s (%s) is %s", node.url, node.role, "up" if node.healthy else f"down: {node.last_error}")
+
+    async def run_health_loop(self, client: httpx.AsyncClient, interval_s: float) -> None:
+        while True:
+            await self.check_all(client)
+            await asyncio.sleep(interval_s)
+
+
+async def _fetch_info(client: httpx.AsyncClient, url: str) -> NodeInfo | None:
+    """The supervisor's NodeInfo, or None when `url` is a plain vLLM server (no /info route)."""
+    resp = await client.get(f"{url}/info")
+    if resp.status_code == 404:
+        return None
+    resp.raise_for_status()
+    try:
+        return NodeInfo.model_validate_json(resp.content)
+    except ValidationError as exc:
+        raise RuntimeError(f"{url}/info is not a disagg NodeInfo: {exc.error_count()} errors") from None

@@ -1,0 +1,89 @@
+"""Calls from the router to a node's vLLM server, with every failure turned into a `DisaggError`.
+
+A 4xx from vLLM is about the client's request: it is relayed with vLLM's status and message. A 5xx,
+a refused connection or a broken stream is the node's fault: 502, and the node is reported failed.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator
+
+import httpx
+
+from disagg.errors import ClientRelayedError, DeadlineExceeded, DisaggError, UpstreamError
+
+
+class NodeFailure(UpstreamError):
+    """The node itself failed (connection, 5xx, protocol); the registry should mark it down."""
+
+
+def error_from_response(role: str, status: int, content: bytes) -> DisaggError:
+    """Map a vLLM error response to our hierarchy, keeping vLLM's message."""
+    message, err_type, param = _vllm_error_fields(content)
+    if 400 <= status < 500:
+        return ClientRelayedError(message or f"{role} node rejected the request ({status})",
+                                  http_status=status, param=param, error_type=err_type)
+    return NodeFailure(f"{role} node failed with HTTP {status}: {message or 'no message'}",
+                       code=f"{role}_http_{status}")
+
+
+def error_from_exception(role: str, exc: httpx.HTTPError) -> DisaggError:
+    if isinstance(exc, (httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout)):
+        return DeadlineExceeded(f"{role} node did not answer in time ({type(exc).__name__})",
+                                code=f"{role}_timeout")
+    return NodeFailure(f"{role} node unreachable or broke the connection: {type(exc).__name__}: {exc}",
+                       code=f"{role}_unreachable")
+
+
+async def post_json(client: httpx.AsyncClient, role: str, url: str, body: dict[str, Any],
+                    headers: dict[str, str]) -> dict[str, Any]:
+    """POST and return the JSON body of a 200; raise a mapped error otherwise."""
+    try:
+        resp = await client.post(url, json=body, headers=headers)
+    except httpx.HTTPError as exc:
+        raise error_from_exception(role, exc) from exc
+    if resp.status_code != 200:
+        raise error_from_response(role, resp.status_code, resp.content)
+    try:
+        data = resp.json()
+    except json.JSONDecodeError:
+        raise NodeFailure(f"{role} node answered 200 with a body that is not JSON",
+                          code=f"{role}_protocol") from None
+    if not isinstance(data, dict):
+        raise NodeFailure(f"{role} node answered 200 with a JSON {type(data).__name__}", code=f"{role}_protocol")
+    return data
+
+
+@asynccontextmanager
+async def open_stream(client: httpx.AsyncClient, role: str, url: str, body: dict[str, Any],
+                      headers: dict[str, str]) -> AsyncIterator[httpx.Response]:
+    """POST with a streamed response; yields it only once its status is 200."""
+    request = client.build_request("POST", url, json=body, headers=headers)
+    try:
+        resp = await client.send(request, stream=True)
+    except httpx.HTTPError as exc:
+        raise error_from_exception(role, exc) from exc
+    try:
+        if resp.status_code != 200:
+            content = await resp.aread()
+            raise error_from_response(role, resp.status_code, content)
+        yield resp
+    finally:
+        await resp.aclose()
+
+
+def _vllm_error_fields(content: bytes) -> tuple[str | None, str | None, str | None]:
+    """(message, type, param) from vLLM's error body, in OpenAI's shape or vLLM's older flat one."""
+    try:
+        data = json.loads(content)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        text = content.decode("utf-8", "replace").strip()
+        return (text[:500] or None), None, None
+    if isinstance(data, dict) and isinstance(data.get("error"), dict):
+        data = data["error"]
+    if not isinstance(data, dict):
+        return None, None, None
+    message = data.get("message") or data.get("detail")
+    return (str(message) if message else None), data.get("type"), data.get("param")

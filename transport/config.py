@@ -1,0 +1,76 @@
+"""Transport choice and the vLLM `kv_transfer_config` + environment it needs, per node role.
+
+`nixl`: vLLM's NixlConnector (UCX underneath; RDMA, shared memory or TCP). KV lives in a host buffer on
+CPU-only hosts and on GPUs without GPUDirect RDMA (DGX Spark / GB10), else in GPU memory.
+`tcp`: our connector (`transport.tcp.connector`), one TCP stream per transfer.
+`none`: no connector; the node serves requests colocated only.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from disagg.errors import ConfigError
+
+Transport = Literal["nixl", "tcp", "none"]
+TRANSPORTS: tuple[str, ...] = ("nixl", "tcp", "none")
+KV_ROLES = {"prefill": "kv_producer", "decode": "kv_consumer"}
+
+
+@dataclass(frozen=True)
+class TransportSettings:
+    """What a node needs to know to set up its side of the KV link."""
+
+    name: str
+    role: str  # "prefill" | "decode"
+    kv_host: str = "127.0.0.1"  # address the peer reaches this node's KV endpoint on
+    kv_port: int = 5600  # NIXL side channel / our TCP server port
+    kv_buffer_device: str = "cpu"  # "cpu" (pinned host buffer) or "cuda"
+    lease_s: float = 30.0
+    env: dict[str, str] = field(default_factory=dict)  # per-link extras, e.g. UCX_TLS
+
+    def __post_init__(self) -> None:
+        if self.name not in TRANSPORTS:
+            raise ConfigError(f"transport must be one of {TRANSPORTS}, not {self.name!r}")
+        if self.role not in KV_ROLES:
+            raise ConfigError(f"role must be 'prefill' or 'decode', not {self.role!r}")
+        if not 0 < self.kv_port < 65536:
+            raise ConfigError(f"kv_port {self.kv_port} out of range")
+        if self.kv_buffer_device not in ("cpu", "cuda"):
+            raise ConfigError(f"kv_buffer_device must be 'cpu' or 'cuda', not {self.kv_buffer_device!r}")
+
+    @property
+    def kv_role(self) -> str:
+        return KV_ROLES[self.role] if self.name != "none" else "none"
+
+
+def kv_transfer_config(settings: TransportSettings) -> dict[str, Any] | None:
+    """vLLM's `--kv-transfer-config` for this node, or None for `none`."""
+    if settings.name == "none":
+        return None
+    if settings.name == "nixl":
+        return {"kv_connector": "NixlConnector", "kv_role": settings.kv_role,
+                "kv_buffer_device": settings.kv_buffer_device}
+    return {
+        "kv_connector": "DisaggTcpConnector",
+        "kv_connector_module_path": "transport.tcp.connector",
+        "kv_role": settings.kv_role,
+        "kv_connector_extra_config": {"host": settings.kv_host, "port": settings.kv_port,
+                                      "lease_s": settings.lease_s},
+    }
+
+
+def transport_env(settings: TransportSettings) -> dict[str, str]:
+    """Environment variables the vLLM server needs for this transport."""
+    env = dict(settings.env)
+    if settings.name == "nixl":
+        env["VLLM_NIXL_SIDE_CHANNEL_HOST"] = settings.kv_host
+        env["VLLM_NIXL_SIDE_CHANNEL_PORT"] = str(settings.kv_port)
+    return env
+
+
+def vllm_args(settings: TransportSettings) -> list[str]:
+    config = kv_transfer_config(settings)
+    return [] if config is None else ["--kv-transfer-config", json.dumps(config)]
