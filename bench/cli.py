@@ -1,0 +1,69 @@
+"""Registers bench's subcommands on the `disagg` CLI: `bench serve` and `kv-size`.
+
+`disagg.cli` calls `add_parsers(subparsers)`; each leaf parser sets `func(args) -> int` (the exit code).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from bench import kv_size_cli, serve_cli
+
+_FORMATTER = argparse.RawDescriptionHelpFormatter
+
+KV_SIZE_DESCRIPTION = """\
+KV-cache sizing from a model's config.json or a built-in preset.
+
+  KV bytes/token = 2 × num_hidden_layers × num_key_value_heads × head_dim × bytes/element
+  (head_dim = config head_dim, else hidden_size / num_attention_heads;
+   num_key_value_heads defaults to num_attention_heads)
+
+Prints KV per token, per sequence of --context-tokens, and the memory for --concurrency sequences
+times the overhead factor φ; optionally the sequences that fit in --memory-gib, the time to move one
+sequence's KV over --bandwidth-gb-s, and the memory bandwidth --decode-tokens-per-s needs.
+Exit status 2 for a malformed config, an unknown preset or a bad number."""
+
+KV_SIZE_EPILOG = """\
+examples:
+  disagg kv-size --preset Llama-3.1-8B --dtype fp16 --context-tokens 4096
+  disagg kv-size --config ~/.cache/disagg/SmolLM2-135M-Instruct --memory-gib 4 --bandwidth-gb-s 12.5
+  disagg kv-size --preset Llama-3.1-70B --decode-tokens-per-s 1000 --avg-context-tokens 2048 \\
+      --params 70B --concurrency 32 --json"""
+
+SERVE_DESCRIPTION = """\
+Load generator for any OpenAI-compatible server (disagg's router, plain vLLM, SGLang).
+
+Streams requests (stream: true, stream_options.include_usage) to /v1/completions or
+/v1/chat/completions and reports TTFT, TPOT, ITL and end-to-end latency (mean, p50, p95, p99),
+requests/s, output tokens/s, goodput, failures by kind (http_<status>, timeout, connection,
+stream_error, incomplete_stream, bad_chunk, empty_stream) and the server's Server-Timing header
+(name → ms, mean and p50). Output token counts come from the final usage chunk when present, else
+from the number of content chunks. Exit status: 0 if any request succeeded, 1 if none did, 2 for
+bad options."""
+
+SERVE_EPILOG = """\
+examples:
+  disagg bench serve --url http://127.0.0.1:8000 --num-requests 50 --concurrency 4 --output r.json
+  disagg bench serve --url http://127.0.0.1:8000 --dataset prefix --prefix-len 1024 --input-len 64 \\
+      --request-rate 2 --max-tokens 64 --ignore-eos --goodput ttft_ms=500,tpot_ms=50
+  disagg bench serve --url http://127.0.0.1:8000 --dataset sharegpt --sharegpt-path sg.json \\
+      --endpoint /v1/chat/completions --tokenizer ~/.cache/disagg/SmolLM2-135M-Instruct"""
+
+
+def add_parsers(subparsers: argparse._SubParsersAction) -> None:
+    """Add `kv-size` and `bench` (with `serve`) to the `disagg` subcommands."""
+    kv_parser = subparsers.add_parser(
+        "kv-size", help="KV-cache size, capacity, transfer time and bandwidth for a model",
+        description=KV_SIZE_DESCRIPTION, epilog=KV_SIZE_EPILOG, formatter_class=_FORMATTER)
+    kv_size_cli.add_arguments(kv_parser)
+    kv_parser.set_defaults(func=kv_size_cli.run)
+
+    bench_parser = subparsers.add_parser(
+        "bench", help="measure serving performance",
+        description="Measure serving performance of OpenAI-compatible endpoints.")
+    bench_sub = bench_parser.add_subparsers(dest="bench_command", metavar="BENCH_COMMAND", required=True)
+    serve_parser = bench_sub.add_parser(
+        "serve", help="load-test one OpenAI-compatible endpoint",
+        description=SERVE_DESCRIPTION, epilog=SERVE_EPILOG, formatter_class=_FORMATTER)
+    serve_cli.add_arguments(serve_parser)
+    serve_parser.set_defaults(func=serve_cli.run)
