@@ -51,8 +51,10 @@ def kv_transfer_config(settings: TransportSettings) -> dict[str, Any] | None:
     if settings.name == "none":
         return None
     if settings.name == "nixl":
+        # kv_lease_duration: seconds the prefill side keeps blocks nobody pulled (decode heartbeats extend it).
         return {"kv_connector": "NixlConnector", "kv_role": settings.kv_role,
-                "kv_buffer_device": settings.kv_buffer_device}
+                "kv_buffer_device": settings.kv_buffer_device,
+                "kv_connector_extra_config": {"kv_lease_duration": max(1, round(settings.lease_s))}}
     return {
         "kv_connector": "DisaggTcpConnector",
         "kv_connector_module_path": "transport.tcp.connector",
