@@ -33,6 +33,9 @@ def add_node_parser(sub: argparse._SubParsersAction, role: str, help_text: str, 
                    help="address the peer node reaches this node's KV endpoint on (default: 127.0.0.1)")
     p.add_argument("--kv-port", type=int, default=d["kv_port"],
                    help=f"NIXL side-channel / TCP transport port (default: {d['kv_port']})")
+    p.add_argument("--kv-buffer-device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="where NIXL registers KV: cuda (GPU memory, needs GPUDirect RDMA), cpu (a pinned host "
+                   "buffer: CPU hosts and GPUs without GPUDirect such as DGX Spark/GB10); auto: cuda on CUDA hosts")
     p.add_argument("--cpu-cores", default=None,
                    help=f"CPU hosts: cores for vLLM's threads, e.g. '0' or '0-3' (default: {d['cores']} when "
                    "the host has at least 2 cores)")
@@ -54,7 +57,7 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
     if cores is None and not cuda and len(host.usable_cores()) >= 2:
         cores = ROLE_DEFAULTS[role]["cores"]
     transport = TransportSettings(name=args.transport, role=role, kv_host=args.kv_host, kv_port=args.kv_port,
-                                  kv_buffer_device="cuda" if cuda and args.transport == "nixl" else "cpu")
+                                  kv_buffer_device=_kv_buffer_device(args.kv_buffer_device, cuda))
     cls = PrefillConfig if role == "prefill" else DecodeConfig
     return cls(
         model_dir=model_dir, served_model_name=args.served_model_name or model_dir.name, transport=transport,
@@ -63,6 +66,16 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         max_model_len=args.max_model_len, prefix_caching=not args.no_prefix_caching,
         extra_vllm_args=tuple(_json_list(args.vllm_args)), env=_env_pairs(args.env), enforce_eager=not cuda,
     )
+
+
+def _kv_buffer_device(choice: str, cuda: bool) -> str:
+    if choice == "auto":
+        return "cuda" if cuda else "cpu"
+    if choice == "cuda" and not cuda:
+        from disagg.errors import ConfigError
+
+        raise ConfigError("--kv-buffer-device cuda needs a CUDA host; this one has no NVIDIA driver")
+    return choice
 
 
 def _env_pairs(pairs: list[str]) -> dict[str, str]:

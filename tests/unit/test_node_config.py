@@ -78,3 +78,11 @@ def test_missing_model_and_mismatched_roles_are_rejected(tmp_path, model_dir):
 def test_kv_geometry_of_smollm2_fp32_is_46080_bytes_per_token(model_dir):
     assert kv_geometry(model_dir, "float32").kv_bytes_per_token == 46_080
     assert kv_geometry(model_dir, "float16").kv_bytes_per_token == 23_040
+
+
+def test_kv_buffer_device_choice_on_cpu_hosts():
+    from disagg.node_cli import _kv_buffer_device
+
+    assert _kv_buffer_device("auto", cuda=False) == "cpu"
+    with pytest.raises(ConfigError, match="CUDA host"):
+        _kv_buffer_device("cuda", cuda=False)

@@ -1,0 +1,20 @@
+"""On a CUDA host: the host probe agrees with torch, and nodes register KV in GPU memory by default."""
+
+from __future__ import annotations
+
+import pytest
+
+from disagg.host import has_cuda
+from disagg.node_cli import _kv_buffer_device
+
+pytestmark = pytest.mark.gpu
+
+
+def test_host_probe_agrees_with_torch():
+    torch = pytest.importorskip("torch")
+    assert has_cuda() == torch.cuda.is_available()
+
+
+def test_auto_kv_buffer_is_gpu_memory_on_cuda_hosts():
+    assert _kv_buffer_device("auto", cuda=True) == "cuda"
+    assert _kv_buffer_device("cpu", cuda=True) == "cpu"  # DGX Spark / GB10: no GPUDirect RDMA
