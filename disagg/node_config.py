@@ -22,6 +22,7 @@ class NodeConfig:
     model_dir: Path
     served_model_name: str
     transport: TransportSettings
+    transport_reason: str = "chosen on the command line"
     host: str = "127.0.0.1"  # vLLM server bind address
     port: int = 8100  # vLLM server port
     info_port: int = 8101  # this supervisor's /info and /health
