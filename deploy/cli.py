@@ -78,6 +78,7 @@ def run_up(args: argparse.Namespace) -> int:
         log.info("stopping the cluster")
         return 0
     finally:
+        local.ignore_stop_signals()  # a second Ctrl-C or SIGTERM must not cut the clean-up short
         stop_all(procs)
 
 

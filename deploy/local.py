@@ -142,6 +142,11 @@ def supervise(procs: list[ManagedProcess]) -> int:
         time.sleep(0.5)
 
 
+def ignore_stop_signals() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def raise_on_sigterm() -> None:
     """Turn SIGTERM into KeyboardInterrupt so that one code path stops the cluster."""
     def handler(signum: int, frame: object) -> None:

@@ -10,6 +10,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from disagg.host import die_with_parent
+
 log = logging.getLogger(__name__)
 
 
@@ -30,7 +32,7 @@ class ManagedProcess:
         with open(self.log_path, "ab") as log_file:
             self.popen = subprocess.Popen(self.argv, stdout=log_file, stderr=subprocess.STDOUT,
                                           stdin=subprocess.DEVNULL, env={**os.environ, **self.env},
-                                          start_new_session=True)
+                                          start_new_session=True, preexec_fn=die_with_parent)
         log.debug("started %s (pid %d): %s", self.name, self.popen.pid, " ".join(self.argv))
 
     def exit_code(self) -> int | None:

@@ -8,18 +8,20 @@ vLLM spawned (engine core, workers), leaving none behind.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import subprocess
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import httpx
 import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
+from disagg import host
 from disagg.messages import NodeInfo
 from disagg.model import kv_geometry
 from disagg.node_config import NodeConfig, vllm_command, vllm_env
@@ -51,7 +53,7 @@ class Supervisor:
         cmd = vllm_command(self.config)
         log.info("starting %s vLLM server: %s", self.config.role, " ".join(cmd))
         env = vllm_env(self.config, dict(os.environ))
-        self.process = subprocess.Popen(cmd, env=env, start_new_session=True)
+        self.process = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=host.die_with_parent)
 
     def stop(self) -> None:
         """Stop the server's whole process group: SIGTERM, then SIGKILL after a grace period."""
@@ -101,6 +103,11 @@ async def _is_healthy(client: httpx.AsyncClient, url: str) -> bool:
         return False
 
 
+def _request_exit(server: uvicorn.Server, sig: int) -> None:
+    log.info("received %s; stopping", signal.Signals(sig).name)
+    server.should_exit = True
+
+
 def _kill_group(proc: subprocess.Popen[bytes] | None, sig: int) -> None:
     if proc is None:
         return
@@ -126,14 +133,26 @@ def info_app(supervisor: Supervisor) -> FastAPI:
     return app
 
 
+class _InfoServer(uvicorn.Server):
+    """uvicorn re-raises SIGINT/SIGTERM after serving, which would kill us before vLLM is stopped;
+    here the supervisor owns the signals instead."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 def run_node(config: NodeConfig) -> int:
     """Run a node until it is told to stop (SIGINT/SIGTERM) or its vLLM server dies."""
     supervisor = Supervisor(config)
-    server = uvicorn.Server(uvicorn.Config(info_app(supervisor), host=config.host, port=config.info_port,
-                                           log_level="warning"))
+    server = _InfoServer(uvicorn.Config(info_app(supervisor), host=config.host, port=config.info_port,
+                                        log_level="warning"))
     supervisor.start()
 
     async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, _request_exit, server, sig)
         watcher = asyncio.create_task(supervisor.watch(server))
         try:
             await server.serve()
@@ -143,5 +162,7 @@ def run_node(config: NodeConfig) -> int:
     try:
         asyncio.run(main())
     finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         supervisor.stop()
     return 1 if supervisor.failed else 0

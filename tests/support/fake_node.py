@@ -1,0 +1,34 @@
+"""A node supervisor whose "vLLM server" is a tiny HTTP server answering /health: for testing the
+supervisor's process handling without the engine. Run as: python -m tests.support.fake_node MODEL_DIR PORT INFO_PORT"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from disagg import supervisor
+from disagg.node_config import DecodeConfig
+from transport.config import TransportSettings
+
+FAKE_SERVER = """
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200 if self.path == "/health" else 404); self.end_headers()
+    def log_message(self, *a): pass
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"""
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO)
+    model_dir, port, info_port = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+    supervisor.vllm_command = lambda config: [sys.executable, "-c", FAKE_SERVER, str(config.port)]
+    config = DecodeConfig(model_dir=model_dir, served_model_name="fake", port=port, info_port=info_port,
+                          transport=TransportSettings(name="none", role="decode"))
+    return supervisor.run_node(config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""The node supervisor's process handling, with a fake engine: /info and /health, SIGTERM stops the
+engine, a killed supervisor takes its engine with it, a dead engine stops the supervisor."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.threaded_server import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture()
+def node(tmp_path: Path):
+    (tmp_path / "config.json").write_text(json.dumps({"num_hidden_layers": 2, "num_attention_heads": 4,
+                                                      "num_key_value_heads": 2, "hidden_size": 64}))
+    port, info_port = free_port(), free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "tests.support.fake_node", str(tmp_path), str(port),
+                             str(info_port)], cwd=ROOT, start_new_session=True)
+    info_url = f"http://127.0.0.1:{info_port}"
+    info = _wait_ready(info_url)
+    yield proc, info_url, info
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    _kill_quietly(info["pid"])
+
+
+def _wait_ready(info_url: str) -> dict:
+    deadline_s = time.monotonic() + 30
+    while time.monotonic() < deadline_s:
+        try:
+            if httpx.get(f"{info_url}/health", timeout=1).status_code == 200:
+                return httpx.get(f"{info_url}/info", timeout=1).json()
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("fake node did not become ready")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
+def _gone_within(pid: int, timeout_s: float) -> bool:
+    deadline_s = time.monotonic() + timeout_s
+    while _alive(pid) and time.monotonic() < deadline_s:
+        time.sleep(0.05)
+    return not _alive(pid)
+
+
+def _kill_quietly(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def test_info_reports_role_engine_and_kv_bytes(node):
+    _, _, info = node
+    assert info["role"] == "decode" and info["engine_ready"] is True and info["transport"] == "none"
+    assert info["kv_bytes_per_token"] == 2 * 2 * 2 * 16 * 4  # layers x kv_heads x head_dim x fp32
+    assert _alive(info["pid"])
+
+
+def test_sigterm_stops_the_engine_then_the_supervisor(node):
+    proc, _, info = node
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    assert _gone_within(info["pid"], 5)
+
+
+def test_killed_supervisor_takes_its_engine_with_it(node):
+    proc, _, info = node
+    proc.kill()
+    proc.wait(timeout=10)
+    assert _gone_within(info["pid"], 10), "the engine must not outlive its supervisor"
+
+
+def test_dead_engine_stops_the_supervisor_with_an_error(node):
+    proc, _, info = node
+    os.kill(info["pid"], signal.SIGKILL)
+    assert proc.wait(timeout=30) == 1
