@@ -44,8 +44,6 @@ def add_node_parser(sub: argparse._SubParsersAction, role: str, help_text: str, 
     p.add_argument("--kv-buffer-device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="where NIXL registers KV: cuda (GPU memory, needs GPUDirect RDMA), cpu (a pinned host "
                    "buffer: CPU hosts and GPUs without GPUDirect such as DGX Spark/GB10); auto: cuda on CUDA hosts")
-    p.add_argument("--nixl-threads", type=int, default=None,
-                   help="NIXL/UCX progress threads; each busy-polls a core (default: 0 on CPU-only hosts, 4 on GPU hosts)")
     p.add_argument("--cpu-cores", default=None,
                    help=f"CPU hosts: cores for vLLM's threads, e.g. '0' or '0-3' (default: {d['cores']} when "
                    "the host has at least 2 cores)")
@@ -69,8 +67,7 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
     choice = choose(args.transport, args.kv_peer)
     log.info("%s node transport: %s (%s)", role, choice.name, choice.reason)
     transport = TransportSettings(name=choice.name, role=role, kv_host=args.kv_host, kv_port=args.kv_port,
-                                  kv_buffer_device=_kv_buffer_device(args.kv_buffer_device, cuda),
-                                  nixl_threads=args.nixl_threads if args.nixl_threads is not None else (4 if cuda else 0))
+                                  kv_buffer_device=_kv_buffer_device(args.kv_buffer_device, cuda))
     cls = PrefillConfig if role == "prefill" else DecodeConfig
     return cls(
         model_dir=model_dir, served_model_name=args.served_model_name or model_dir.name, transport=transport,

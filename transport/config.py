@@ -29,9 +29,6 @@ class TransportSettings:
     kv_port: int = 5600  # NIXL side channel / our TCP server port
     kv_buffer_device: str = "cpu"  # "cpu" (pinned host buffer) or "cuda"
     lease_s: float = 30.0
-    # NIXL's UCX progress threads. Each one polls without sleeping on the worker's own core, so CPU-only
-    # hosts run none (the worker progresses UCX itself); GPU hosts keep vLLM's default of 4.
-    nixl_threads: int = 0
     env: dict[str, str] = field(default_factory=dict)  # per-link extras, e.g. UCX_TLS
 
     def __post_init__(self) -> None:
@@ -41,8 +38,6 @@ class TransportSettings:
             raise ConfigError(f"role must be 'prefill' or 'decode', not {self.role!r}")
         if not 0 < self.kv_port < 65536:
             raise ConfigError(f"kv_port {self.kv_port} out of range")
-        if not 0 <= self.nixl_threads <= 64:
-            raise ConfigError(f"nixl_threads must be 0..64, not {self.nixl_threads}")
         if self.kv_buffer_device not in ("cpu", "cuda"):
             raise ConfigError(f"kv_buffer_device must be 'cpu' or 'cuda', not {self.kv_buffer_device!r}")
 
@@ -59,8 +54,7 @@ def kv_transfer_config(settings: TransportSettings) -> dict[str, Any] | None:
         # kv_lease_duration: seconds the prefill side keeps blocks nobody pulled (decode heartbeats extend it).
         return {"kv_connector": "NixlConnector", "kv_role": settings.kv_role,
                 "kv_buffer_device": settings.kv_buffer_device,
-                "kv_connector_extra_config": {"kv_lease_duration": max(1, round(settings.lease_s)),
-                                              "num_threads": settings.nixl_threads}}
+                "kv_connector_extra_config": {"kv_lease_duration": max(1, round(settings.lease_s))}}
     return {
         "kv_connector": "DisaggTcpConnector",
         "kv_connector_module_path": "transport.tcp.connector",

@@ -32,7 +32,7 @@ def test_prefill_command_uses_nixl_producer_with_host_buffer(model_dir):
     assert "--no-enable-prefix-caching" in cmd
     kv = json.loads(cmd[cmd.index("--kv-transfer-config") + 1])
     assert kv == {"kv_connector": "NixlConnector", "kv_role": "kv_producer", "kv_buffer_device": "cpu",
-                  "kv_connector_extra_config": {"kv_lease_duration": 30, "num_threads": 0}}
+                  "kv_connector_extra_config": {"kv_lease_duration": 30}}
     env = vllm_env(config, {"PATH": "/bin"})
     assert env["VLLM_NIXL_SIDE_CHANNEL_PORT"] == "5601" and env["VLLM_CPU_OMP_THREADS_BIND"] == "0"
     assert env["VLLM_CPU_KVCACHE_SPACE"] == "1" and env["PATH"] == "/bin"
