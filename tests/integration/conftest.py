@@ -70,6 +70,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
         yield cluster
     finally:
         _stop(up, log_dir)
+    left = _processes_with(f"--port {base} ", f"--port {base + 2} ", str(log_dir))
+    assert not left, f"processes left behind after disagg up stopped: {left}"
 
 
 def _wait_ready(up: subprocess.Popen, cluster: Cluster) -> None:
@@ -85,6 +87,20 @@ def _wait_ready(up: subprocess.Popen, cluster: Cluster) -> None:
             pass
         time.sleep(1.0)
     pytest.fail(f"cluster not ready after {STARTUP_TIMEOUT_S} s")
+
+
+def _processes_with(*needles: str) -> list[str]:
+    """Command lines of live processes containing any needle."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (cmdline.parent / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state != "Z" and any(n in text for n in needles):
+            found.append(text[:200])
+    return found
 
 
 def _stop(up: subprocess.Popen, log_dir: Path) -> None:

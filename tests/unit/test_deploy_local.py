@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from deploy import local
-from deploy.processes import ManagedProcess
+from deploy.processes import ManagedProcess, stop_all
 
 
 @pytest.fixture()
@@ -95,3 +95,18 @@ def test_cli_help_lists_every_command():
     assert out.returncode == 0
     for command in ("convert", "prefill", "decode", "router", "up", "bench", "kv-size"):
         assert command in out.stdout
+
+
+def test_supervise_returns_failure_as_soon_as_one_process_dies(tmp_path):
+    lasting = ManagedProcess(name="lasting", argv=["sleep", "300"], health_url="", log_path=tmp_path / "a.log")
+    dying = ManagedProcess(name="dying", argv=["sh", "-c", "echo bye; exit 3"], health_url="",
+                           log_path=tmp_path / "b.log")
+    procs = [lasting, dying]
+    try:
+        for proc in procs:
+            proc.start()
+        assert local.supervise(procs) == 1
+        assert dying.exit_code() == 3 and lasting.exit_code() is None
+    finally:
+        stop_all(procs, grace_s=5)
+    assert lasting.exit_code() is not None
