@@ -21,6 +21,7 @@ from router.config import RouterConfig
 from router.dispatch import Dispatcher
 from router.metrics import RouterMetrics
 from router.registry import NodeRegistry
+from router.upstream import get_json
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +83,7 @@ def _add_openai_routes(app: FastAPI) -> None:
     async def models(request: Request) -> Any:
         dispatcher: Dispatcher = request.app.state.dispatcher
         node = request.app.state.registry.pick("decode")
-        resp = await dispatcher.client.get(f"{node.vllm_url}/v1/models")
-        return JSONResponse(resp.json(), status_code=resp.status_code)
+        return JSONResponse(await get_json(dispatcher.client, "decode", f"{node.vllm_url}/v1/models"))
 
 
 async def _serve(request: Request, endpoint: str, validate: Any) -> Any:

@@ -44,6 +44,18 @@ async def post_json(client: httpx.AsyncClient, role: str, url: str, body: dict[s
         resp = await client.post(url, json=body, headers=headers)
     except httpx.HTTPError as exc:
         raise error_from_exception(role, exc) from exc
+    return _json_of(role, resp)
+
+
+async def get_json(client: httpx.AsyncClient, role: str, url: str) -> dict[str, Any]:
+    try:
+        resp = await client.get(url)
+    except httpx.HTTPError as exc:
+        raise error_from_exception(role, exc) from exc
+    return _json_of(role, resp)
+
+
+def _json_of(role: str, resp: httpx.Response) -> dict[str, Any]:
     if resp.status_code != 200:
         raise error_from_response(role, resp.status_code, resp.content)
     try:
