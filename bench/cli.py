@@ -1,4 +1,4 @@
-"""Registers bench's subcommands on the `disagg` CLI: `bench serve` and `kv-size`.
+"""Registers bench's subcommands on the `disagg` CLI: `bench serve`, `bench compare` and `kv-size`.
 
 `disagg.cli` calls `add_parsers(subparsers)`; each leaf parser sets `func(args) -> int` (the exit code).
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from bench import kv_size_cli, serve_cli
+from bench import compare_cli, kv_size_cli, serve_cli
 
 _FORMATTER = argparse.RawDescriptionHelpFormatter
 
@@ -49,9 +49,28 @@ examples:
   disagg bench serve --url http://127.0.0.1:8000 --dataset sharegpt --sharegpt-path sg.json \\
       --endpoint /v1/chat/completions --tokenizer ~/.cache/disagg/SmolLM2-135M-Instruct"""
 
+COMPARE_DESCRIPTION = """\
+Runs the same workload against the colocated baseline and disaggregated serving (per transport) and
+writes report.md, results.json and plots (ttft.png, transfer.png, e2e.png).
+
+Per prompt length (capped at the context minus --output-len): sequential streamed requests with
+ignore_eos and temperature 0, a warm-up first, prompts unique per mode and length. Reported: KV size
+(tokens × bytes/token and in whole blocks), the link bandwidth (a TCP stream measured on --link-host)
+and the transfer time it predicts, the transfer time and bytes measured on the decode node's vLLM
+metrics, decode time (E2E − TTFT, colocated), transfer/decode, TTFT and E2E disaggregated vs colocated,
+and the effective bandwidth from the fitted transfer-time line. Without URLs (or with --local) it
+starts `disagg up --local --no-prefix-caching` per transport itself. Exit status: 0 when every mode
+answered at every length, 1 when one did not or a cluster failed to start, 2 for bad options."""
+
+COMPARE_EPILOG = """\
+examples:
+  disagg bench compare --local --prompt-lens 128,512 --output-len 32 --num-requests 2 --out-dir /tmp/cmp
+  disagg bench compare --colocated-url http://127.0.0.1:8001 --disagg-url nixl=http://127.0.0.1:8000 \\
+      --decode-metrics-url nixl=http://127.0.0.1:8200 --out-dir cmp"""
+
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
-    """Add `kv-size` and `bench` (with `serve`) to the `disagg` subcommands."""
+    """Add `kv-size` and `bench` (with `serve` and `compare`) to the `disagg` subcommands."""
     kv_parser = subparsers.add_parser(
         "kv-size", help="KV-cache size, capacity, transfer time and bandwidth for a model",
         description=KV_SIZE_DESCRIPTION, epilog=KV_SIZE_EPILOG, formatter_class=_FORMATTER)
@@ -67,3 +86,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         description=SERVE_DESCRIPTION, epilog=SERVE_EPILOG, formatter_class=_FORMATTER)
     serve_cli.add_arguments(serve_parser)
     serve_parser.set_defaults(func=serve_cli.run)
+    compare_parser = bench_sub.add_parser(
+        "compare", help="colocated vs disaggregated serving: latency, KV transfer, report and plots",
+        description=COMPARE_DESCRIPTION, epilog=COMPARE_EPILOG, formatter_class=_FORMATTER)
+    compare_cli.add_arguments(compare_parser)
+    compare_parser.set_defaults(func=compare_cli.run)
