@@ -15,6 +15,8 @@ python="${PYTHON:-python3}"
 torch_cpu_index="https://download.pytorch.org/whl/cpu"
 
 log() { printf '[install] %s\n' "$*" >&2; }
+# pip warns once per package about this machine's unused local index folders; keep the rest of its output.
+quiet_pip() { "$@" 2> >(grep -v "^WARNING: Location .* is ignored" >&2); }
 
 if [ -e /dev/nvidiactl ] || [ -e /proc/driver/nvidia/version ]; then engine=engine-cuda; else engine=engine-cpu; fi
 extras="$engine,nixl,test,bench"
@@ -26,7 +28,7 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$stamp_want" ]; then
 else
   log "creating $venv and installing disagg[$extras] (about 2-3 minutes the first time)"
   "$python" -m venv "$venv"
-  pip=("$venv/bin/python" -m pip install --disable-pip-version-check --progress-bar off -q)
+  pip=(quiet_pip "$venv/bin/python" -m pip install --disable-pip-version-check --progress-bar off -q)
   if ! "${pip[@]}" -e "$repo[$extras]"; then
     [ "$engine" = engine-cpu ] || exit 1
     log "retrying with PyTorch's CPU wheel index for torch==2.13.0+cpu"
