@@ -3,6 +3,10 @@
 A node URL names either a disagg node supervisor (it answers `GET /info` with a `NodeInfo`) or a plain
 vLLM server started by hand (it does not; its own URL is then where requests go). A background task
 checks every node each `health_interval_s`; requests only go to healthy nodes, round robin.
+
+A node that refuses connections or answers with an error is down at once. A node that is merely slow
+to answer (busy with a long prefill on a small machine) is down only after `SLOW_CHECKS_TO_DOWN`
+timed-out checks in a row: busy is not dead.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from disagg.errors import NoNodeAvailable
 from disagg.messages import NodeInfo
 
 log = logging.getLogger(__name__)
+SLOW_CHECKS_TO_DOWN = 3
 
 
 @dataclass
@@ -30,6 +35,7 @@ class Node:
     info: NodeInfo | None = None
     healthy: bool = False
     last_error: str | None = None
+    slow_checks: int = 0  # consecutive health checks that timed out
 
     @property
     def vllm_url(self) -> str:
@@ -87,7 +93,11 @@ class NodeRegistry:
             resp = await client.get(f"{node.vllm_url}/health")
             if resp.status_code != 200:
                 raise RuntimeError(f"/health answered {resp.status_code}")
-            node.healthy, node.last_error = True, None
+            node.healthy, node.last_error, node.slow_checks = True, None, 0
+        except httpx.TimeoutException as exc:
+            node.slow_checks += 1
+            node.last_error = f"health check timed out {node.slow_checks}x ({type(exc).__name__})"
+            node.healthy = node.healthy and node.slow_checks < SLOW_CHECKS_TO_DOWN
         except (httpx.HTTPError, RuntimeError) as exc:
             node.healthy, node.last_error = False, str(exc) or type(exc).__name__
         if node.healthy != was_healthy:

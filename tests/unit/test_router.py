@@ -164,3 +164,32 @@ def test_colocated_mode_sends_the_request_unchanged_to_one_node():
             resp = httpx.post(f"{url}/v1/completions", json=_completion(), timeout=10)
     assert resp.status_code == 200
     assert "kv_transfer_params" not in decode.calls[0] and not decode.pulled
+
+
+def test_a_slow_node_stays_up_until_it_misses_three_checks_in_a_row():
+    import asyncio
+
+    from router.registry import Node, NodeRegistry
+
+    calls = {"n": 0}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/info":
+            return httpx.Response(404)
+        calls["n"] += 1
+        if calls["n"] in (2, 3, 5, 6, 7):
+            raise httpx.ReadTimeout("busy", request=request)
+        return httpx.Response(200)
+
+    async def scenario() -> list[bool]:
+        node = Node("decode", "http://node")
+        registry = NodeRegistry([node])
+        seen = []
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+            for _ in range(7):
+                await registry.check(client, node)
+                seen.append(node.healthy)
+        return seen
+
+    # ok, slow, slow, ok (resets), slow, slow, slow -> down on the third slow check in a row
+    assert asyncio.run(scenario()) == [True, True, True, True, True, True, False]
