@@ -1,0 +1,181 @@
+"""Prefill side: the block server, a thread that serves published KV blocks to decode nodes over TCP.
+
+One connection carries one exchange (PULL -> DATA, then RELEASE -> RELEASED) or a lone RELEASE. Blocks are
+sent straight from the KV memory the `BlockStore` points at. Anything unexpected (unknown or expired
+request, blocks outside what was published, a different KV layout, a frame over the limits, a bad
+checksum) is answered with an ERROR frame and the connection is closed.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+from transport.tcp import stream, wire
+from transport.tcp.blocks import BlockStore
+from transport.tcp.lease import LeaseTable, UnknownRequestError
+from transport.tcp.wire import ErrorCode, FrameType, PullRequest
+
+logger = logging.getLogger(__name__)
+
+ServedCallback = Callable[[str, int, float], None]  # request id, bytes, seconds
+ACCEPT_POLL_S = 0.5
+
+
+class _Refused(Exception):
+    def __init__(self, code: ErrorCode, message: str, request_id: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+
+
+class BlockServer:
+    """Serves the blocks published in `leases` from `store` on host:port (port 0: any free port)."""
+
+    def __init__(self, store: BlockStore, leases: LeaseTable, host: str, port: int, *,
+                 transfer_timeout_s: float = 30.0, publish_wait_s: float = 2.0,
+                 on_served: ServedCallback | None = None) -> None:
+        self.store = store
+        self.leases = leases
+        self.transfer_timeout_s = transfer_timeout_s
+        self.publish_wait_s = publish_wait_s
+        self._on_served = on_served
+        self._address = (host, port)
+        self._listener: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+
+    @property
+    def port(self) -> int:
+        return self._address[1]
+
+    def start(self) -> int:
+        """Bind, listen and start the accept thread; returns the bound port."""
+        listener = socket.create_server(self._address, reuse_port=False, backlog=64)
+        listener.settimeout(ACCEPT_POLL_S)
+        self._listener = listener
+        self._address = listener.getsockname()[:2]
+        self._thread = threading.Thread(target=self._accept_loop, name="disagg-tcp-kv-server", daemon=True)
+        self._thread.start()
+        logger.info("TCP KV block server listening on %s:%d", *self._address)
+        return self.port
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._listener is not None:
+            try:
+                self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept thread at once (Linux)
+            except OSError:
+                pass
+        if self._thread is not None:
+            self._thread.join(timeout=5 * ACCEPT_POLL_S)
+        if self._listener is not None:
+            self._listener.close()
+
+    def _accept_loop(self) -> None:
+        assert self._listener is not None
+        while not self._stopping.is_set():
+            try:
+                conn, peer = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                if not self._stopping.is_set():
+                    logger.exception("TCP KV block server: accept failed")
+                return
+            threading.Thread(target=self._serve_connection, args=(conn, peer), daemon=True,
+                             name="disagg-tcp-kv-conn").start()
+
+    def _serve_connection(self, conn: socket.socket, peer: tuple) -> None:
+        with conn:
+            stream.make_blocking(conn)
+            while not self._stopping.is_set():
+                try:
+                    if not self._serve_frame(conn):
+                        return
+                except _Refused as refusal:
+                    logger.warning("refused %s: %s", peer, refusal.message)
+                    _send_quietly(conn, wire.encode_error(refusal.request_id, refusal.code, refusal.message))
+                    return
+                except (wire.TruncatedError, wire.TransferTimeoutError, OSError) as exc:
+                    logger.debug("connection from %s ended: %s", peer, exc)
+                    return
+
+    def _serve_frame(self, conn: socket.socket) -> bool:
+        """Serve one frame; False when the connection is done."""
+        deadline_s = time.monotonic() + self.transfer_timeout_s
+        try:
+            got = wire.read_header(conn, deadline_s)
+            if got is None:
+                return False
+            header, rid = got
+            payload = wire.read_control_payload(conn, header, rid, deadline_s)
+            request_id = rid.decode()
+        except wire.FrameTooLargeError as exc:
+            raise _Refused(ErrorCode.FRAME_TOO_LARGE, str(exc)) from None
+        except (wire.ProtocolError, wire.ChecksumError, UnicodeDecodeError) as exc:
+            raise _Refused(ErrorCode.BAD_FRAME, str(exc)) from None
+        if header.frame_type is FrameType.PULL:
+            try:
+                pull = PullRequest.decode(payload)
+            except wire.ProtocolError as exc:
+                raise _Refused(ErrorCode.BAD_FRAME, str(exc)) from None
+            self._serve_pull(conn, request_id, pull, deadline_s)
+            return True
+        if header.frame_type is FrameType.RELEASE:
+            if not self.leases.release(request_id):
+                raise _Refused(ErrorCode.UNKNOWN_REQUEST, f"release of unpublished request {request_id}",
+                              request_id)
+            stream.send_buffers(conn, [wire.encode_frame(FrameType.RELEASED, request_id)], deadline_s)
+            return True
+        raise _Refused(ErrorCode.BAD_FRAME, f"unexpected {header.frame_type.name} frame")
+
+    def _serve_pull(self, conn: socket.socket, request_id: str, pull: PullRequest, deadline_s: float) -> None:
+        try:
+            block_ids = self.leases.checkout(request_id, self.publish_wait_s)
+        except UnknownRequestError as exc:
+            raise _Refused(ErrorCode.UNKNOWN_REQUEST, str(exc.args[0]), request_id) from None
+        try:
+            selected = self._select_blocks(request_id, block_ids, pull)
+            started_s = time.perf_counter()
+            nbytes = self._send_blocks(conn, request_id.encode(), selected, deadline_s)
+            seconds = time.perf_counter() - started_s
+        finally:
+            self.leases.checkin(request_id)
+        logger.debug("served %s: %d blocks, %d bytes in %.1f ms", request_id, len(selected), nbytes,
+                     seconds * 1e3)
+        if self._on_served is not None:
+            self._on_served(request_id, nbytes, seconds)
+
+    def _select_blocks(self, request_id: str, block_ids: list[int], pull: PullRequest) -> list[int]:
+        if pull.layout_id != self.store.layout_id or pull.block_nbytes != self.store.block_nbytes:
+            raise _Refused(ErrorCode.LAYOUT_MISMATCH,
+                           f"peer layout {pull.layout_id:#x}/{pull.block_nbytes} B per block, "
+                           f"here {self.store.layout_id:#x}/{self.store.block_nbytes} B", request_id)
+        end = pull.first_block + pull.num_blocks
+        if pull.num_blocks == 0 or end > len(block_ids):
+            raise _Refused(ErrorCode.BAD_RANGE, f"blocks {pull.first_block}..{end - 1} of request "
+                                                f"{request_id}, which has {len(block_ids)}", request_id)
+        return block_ids[pull.first_block:end]
+
+    def _send_blocks(self, conn: socket.socket, rid: bytes, block_ids: list[int], deadline_s: float) -> int:
+        """Send the blocks as DATA frames, each (header and pieces) in one system call."""
+        cursor = wire.ByteCursor(self.store.read_views(block_ids))
+        nbytes = cursor.remaining
+        while cursor.remaining:
+            chunk = cursor.take(min(cursor.remaining, wire.MAX_DATA_PAYLOAD_BYTES))
+            chunk_nbytes = sum(len(piece) for piece in chunk)
+            header = wire.encode_header(FrameType.DATA, rid, chunk_nbytes, wire.checksum(rid, chunk))
+            stream.send_buffers(conn, [header, *chunk], deadline_s)
+        return nbytes
+
+
+def _send_quietly(conn: socket.socket, frame: bytes) -> None:
+    try:
+        stream.send_buffers(conn, [frame], time.monotonic() + 1.0)
+    except (wire.KvTransferError, OSError):
+        pass

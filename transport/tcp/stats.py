@@ -1,0 +1,118 @@
+"""Bytes and seconds of every TCP KV transfer, through vLLM's connector stats and Prometheus hooks.
+
+Workers record into `TcpKVConnectorStats`; vLLM aggregates it across workers, logs `reduce()` as
+`KV Transfer metrics: ...` in the server log and passes the raw lists to `TcpPromMetrics.observe`.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+from vllm.config import VllmConfig
+from vllm.distributed.kv_transfer.kv_connector.v1.metrics import (
+    KVConnectorPromMetrics,
+    KVConnectorStats,
+    PromMetric,
+    PromMetricT,
+)
+from vllm.v1.metrics.utils import create_metric_per_engine
+
+_LISTS = ("pull_seconds", "pull_bytes", "serve_seconds", "serve_bytes", "failed_pulls", "expired_leases")
+_MIB = 2**20
+
+
+@dataclass
+class TcpKVConnectorStats(KVConnectorStats):
+    """Per-interval observations; every value is a plain list so it crosses process boundaries."""
+
+    def __post_init__(self) -> None:
+        if not self.data:
+            self.reset()
+
+    def reset(self) -> None:
+        self.data = {key: [] for key in _LISTS}
+
+    def record_pull(self, nbytes: int, seconds: float) -> None:
+        self.data["pull_bytes"].append(nbytes)
+        self.data["pull_seconds"].append(seconds)
+
+    def record_serve(self, nbytes: int, seconds: float) -> None:
+        self.data["serve_bytes"].append(nbytes)
+        self.data["serve_seconds"].append(seconds)
+
+    def record_failed_pull(self) -> None:
+        self.data["failed_pulls"].append(1)
+
+    def record_expired_lease(self) -> None:
+        self.data["expired_leases"].append(1)
+
+    def clone_and_reset(self) -> TcpKVConnectorStats:
+        old = copy.copy(self)
+        self.reset()
+        return old
+
+    def is_empty(self) -> bool:
+        return not any(self.data.get(key) for key in _LISTS)
+
+    def aggregate(self, other: KVConnectorStats) -> KVConnectorStats:
+        for key in _LISTS:
+            self.data.setdefault(key, []).extend(other.data.get(key, []))
+        return self
+
+    def reduce(self) -> dict[str, int | float]:
+        """The interval's summary for the log line; decode nodes pull, prefill nodes serve."""
+        data = self.data
+        summary: dict[str, int | float] = {}
+        if data["pull_seconds"] or data["failed_pulls"] or not data["serve_seconds"]:
+            summary["Num successful transfers"] = len(data["pull_seconds"])
+            summary.update(_averages(data["pull_seconds"], data["pull_bytes"], "xfer", "Avg MB per transfer"))
+            summary["Num failed transfers"] = len(data["failed_pulls"])
+        if data["serve_seconds"]:
+            summary["Num served transfers"] = len(data["serve_seconds"])
+            summary.update(_averages(data["serve_seconds"], data["serve_bytes"], "serve", "Avg MB served"))
+        summary["Num KV expired reqs"] = len(data["expired_leases"])
+        return summary
+
+
+def _averages(seconds: list[float], nbytes: list[int], what: str, mb_label: str) -> dict[str, float]:
+    count, total_s, total_mib = len(seconds), sum(seconds), sum(nbytes) / _MIB
+    return {
+        f"Avg {what} time (ms)": round(total_s / count * 1e3, 3) if count else 0,
+        mb_label: round(total_mib / count, 3) if count else 0,
+        f"{what.capitalize()} throughput (MB/s)": round(total_mib / total_s, 3) if total_s > 0 else 0,
+    }
+
+
+class TcpPromMetrics(KVConnectorPromMetrics):
+    """`vllm:disagg_tcp_kv_*` metrics on the server's /metrics."""
+
+    def __init__(self, vllm_config: VllmConfig, metric_types: dict[type[PromMetric], type[PromMetricT]],
+                 labelnames: list[str], per_engine_labelvalues: dict[int, list[object]]) -> None:
+        super().__init__(vllm_config, metric_types, labelnames, per_engine_labelvalues)
+        time_buckets_s = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
+
+        def per_engine(cls: Any, name: str, doc: str, **kwargs: Any) -> dict[int, PromMetric]:
+            return create_metric_per_engine(cls(name=name, documentation=doc, labelnames=labelnames, **kwargs),
+                                            per_engine_labelvalues)
+
+        self.pull_seconds = per_engine(self._histogram_cls, "vllm:disagg_tcp_kv_pull_seconds",
+                                       "Seconds per TCP KV pull (decode side).", buckets=time_buckets_s)
+        self.pull_bytes = per_engine(self._counter_cls, "vllm:disagg_tcp_kv_pulled_bytes",
+                                     "Bytes of KV pulled over TCP (decode side).")
+        self.serve_bytes = per_engine(self._counter_cls, "vllm:disagg_tcp_kv_served_bytes",
+                                      "Bytes of KV served over TCP (prefill side).")
+        self.failed_pulls = per_engine(self._counter_cls, "vllm:disagg_tcp_kv_failed_pulls",
+                                       "TCP KV pulls that failed (the request recomputed or errored).")
+        self.expired_leases = per_engine(self._counter_cls, "vllm:disagg_tcp_kv_expired_leases",
+                                         "Published KV blocks freed because nobody pulled them in time.")
+
+    def observe(self, transfer_stats_data: dict[str, Any], engine_idx: int = 0) -> None:
+        for seconds in transfer_stats_data.get("pull_seconds", []):
+            self.pull_seconds[engine_idx].observe(seconds)
+        for metric, key in ((self.pull_bytes, "pull_bytes"), (self.serve_bytes, "serve_bytes"),
+                            (self.failed_pulls, "failed_pulls"), (self.expired_leases, "expired_leases")):
+            total = sum(transfer_stats_data.get(key, []))
+            if total:
+                metric[engine_idx].inc(total)
