@@ -26,6 +26,8 @@ class NodeInfo(BaseModel):
     served_model_name: str
     transport: str
     transport_reason: str
+    kv_host: str
+    kv_port: int  # NIXL side channel or our TCP block server
     kv_bytes_per_token: int
     block_size_tokens: int | None = None
     kv_role: str

@@ -44,7 +44,8 @@ class Supervisor:
         return NodeInfo(
             role=c.role, vllm_url=c.vllm_url, model_path=str(c.model_dir),
             served_model_name=c.served_model_name, transport=c.transport.name,
-            transport_reason=c.transport_reason, kv_bytes_per_token=self.kv_bytes_per_token,
+            transport_reason=c.transport_reason, kv_host=c.transport.kv_host, kv_port=c.transport.kv_port,
+            kv_bytes_per_token=self.kv_bytes_per_token,
             block_size_tokens=None, kv_role=c.transport.kv_role, engine_ready=self.engine_ready,
             pid=self.process.pid if self.process else None,
         )

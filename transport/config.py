@@ -47,21 +47,25 @@ class TransportSettings:
 
 
 def kv_transfer_config(settings: TransportSettings) -> dict[str, Any] | None:
-    """vLLM's `--kv-transfer-config` for this node, or None for `none`."""
+    """vLLM's `--kv-transfer-config` for this node, or None for `none`.
+
+    A decode node whose KV pull fails (peer gone, lease expired, checksum mismatch) recomputes the
+    prompt itself (`kv_load_failure_policy: recompute`): it never decodes from missing or corrupt KV.
+    """
     if settings.name == "none":
         return None
     if settings.name == "nixl":
         # kv_lease_duration: seconds the prefill side keeps blocks nobody pulled (decode heartbeats extend it).
-        return {"kv_connector": "NixlConnector", "kv_role": settings.kv_role,
-                "kv_buffer_device": settings.kv_buffer_device,
-                "kv_connector_extra_config": {"kv_lease_duration": max(1, round(settings.lease_s))}}
-    return {
-        "kv_connector": "DisaggTcpConnector",
-        "kv_connector_module_path": "transport.tcp.connector",
-        "kv_role": settings.kv_role,
-        "kv_connector_extra_config": {"host": settings.kv_host, "port": settings.kv_port,
-                                      "lease_s": settings.lease_s},
-    }
+        config = {"kv_connector": "NixlConnector", "kv_buffer_device": settings.kv_buffer_device,
+                  "kv_connector_extra_config": {"kv_lease_duration": max(1, round(settings.lease_s))}}
+    else:
+        config = {"kv_connector": "DisaggTcpConnector", "kv_connector_module_path": "transport.tcp.connector",
+                  "kv_connector_extra_config": {"host": settings.kv_host, "port": settings.kv_port,
+                                                "lease_s": settings.lease_s}}
+    config["kv_role"] = settings.kv_role
+    if settings.role == "decode":
+        config["kv_load_failure_policy"] = "recompute"
+    return config
 
 
 def transport_env(settings: TransportSettings) -> dict[str, str]:

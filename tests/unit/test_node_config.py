@@ -32,7 +32,7 @@ def test_prefill_command_uses_nixl_producer_with_host_buffer(model_dir):
     assert "--no-enable-prefix-caching" in cmd
     kv = json.loads(cmd[cmd.index("--kv-transfer-config") + 1])
     assert kv == {"kv_connector": "NixlConnector", "kv_role": "kv_producer", "kv_buffer_device": "cpu",
-                  "kv_connector_extra_config": {"kv_lease_duration": 30}}
+                  "kv_connector_extra_config": {"kv_lease_duration": 30}}  # no failure policy on the producer
     env = vllm_env(config, {"PATH": "/bin"})
     assert env["VLLM_NIXL_SIDE_CHANNEL_PORT"] == "5601" and env["VLLM_CPU_OMP_THREADS_BIND"] == "0"
     assert env["VLLM_CPU_KVCACHE_SPACE"] == "1" and env["PATH"] == "/bin"
@@ -45,6 +45,7 @@ def test_decode_defaults_and_tcp_transport(model_dir):
     kv = kv_transfer_config(config.transport)
     assert kv["kv_role"] == "kv_consumer" and kv["kv_connector_module_path"] == "transport.tcp.connector"
     assert kv["kv_connector_extra_config"]["port"] == 5602
+    assert kv["kv_load_failure_policy"] == "recompute"  # never decode from missing or corrupt KV
     assert "VLLM_NIXL_SIDE_CHANNEL_PORT" not in vllm_env(config, {})
 
 

@@ -36,3 +36,26 @@ def test_local_address_and_rdma_probe(tmp_path: Path):
     (tmp_path / "mlx5_0").mkdir()
     assert rdma_devices(tmp_path) == ["mlx5_0", "mlx5_1"]
     assert rdma_devices(tmp_path / "missing") == []
+
+
+def test_node_with_nixl_missing_picks_tcp_under_auto_and_says_why(tmp_path: Path):
+    import json
+    import subprocess
+    import sys
+
+    stub = tmp_path / "stub" / "nixl"
+    stub.mkdir(parents=True)
+    (stub / "__init__.py").write_text("raise ImportError('NIXL hidden for this test')\n")
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"num_hidden_layers": 1, "num_attention_heads": 1, "hidden_size": 8}))
+    code = ("import argparse, json; from disagg import node_cli; p = argparse.ArgumentParser(); "
+            "s = p.add_subparsers(); node_cli.add_node_parser(s, 'decode', 'h', None); "
+            f"c = node_cli.config_from_args(p.parse_args(['decode', '--transport', 'auto', '--model', {str(model)!r}])); "
+            "print(json.dumps([c.transport.name, c.transport_reason]))")
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env={"PYTHONPATH": f"{stub.parent}:{root}", "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr
+    name, reason = json.loads(out.stdout.strip().splitlines()[-1])
+    assert name == "tcp" and "NIXL is not installed" in reason
