@@ -11,7 +11,7 @@ import pytest
 
 from tests.integration import vllm_metrics
 from tests.integration.prompts import prompt_of
-from tests.integration.test_equality import SIZES, _body, run
+from tests.integration.test_equality import SIZES, _body, disagg_and_colocated, run
 
 pytestmark = pytest.mark.integration
 KV_BYTES_PER_TOKEN = 46_080  # SmolLM2-135M in fp32
@@ -22,19 +22,15 @@ BLOCK_TOKENS = 128  # vLLM's CPU backend
 @pytest.mark.parametrize("size", list(SIZES))
 def test_tcp_disagg_equals_colocated_and_moves_the_prompts_blocks(tcp_cluster, size, endpoint, stream):
     prompt = prompt_of(tcp_cluster.model_dir, SIZES[size], tag=f"[tcp-{size}-{endpoint}]")
-    body = _body(tcp_cluster, endpoint, prompt, stream)
-    before = vllm_metrics.read(tcp_cluster.decode_vllm_url)
-    disagg = run(tcp_cluster.router_url, endpoint, body)
-    after = vllm_metrics.read(tcp_cluster.decode_vllm_url)
-    colocated = run(tcp_cluster.baseline_url, endpoint, body)
+    disagg, colocated, deltas = disagg_and_colocated(tcp_cluster, endpoint, _body(tcp_cluster, endpoint, prompt, stream))
 
     assert disagg["text"] == colocated["text"] and disagg["token_ids"] == colocated["token_ids"]
     prompt_tokens = disagg["usage"]["prompt_tokens"]
-    pulled_bytes = vllm_metrics.delta(before, after, "vllm:disagg_tcp_kv_pulled_bytes_total")
+    pulled_bytes = deltas.get("vllm:disagg_tcp_kv_pulled_bytes_total", 0.0)
     blocks = math.ceil(prompt_tokens / BLOCK_TOKENS)
     assert blocks * BLOCK_TOKENS * KV_BYTES_PER_TOKEN >= pulled_bytes >= prompt_tokens * KV_BYTES_PER_TOKEN - BLOCK_TOKENS * KV_BYTES_PER_TOKEN
     assert pulled_bytes > 0
-    computed = vllm_metrics.delta(before, after, "vllm:prompt_tokens_by_source_total[local_compute]")
+    computed = deltas.get("vllm:prompt_tokens_by_source_total[local_compute]", 0.0)
     assert computed <= 1, "the decode node must not recompute a prompt it pulled"
 
 

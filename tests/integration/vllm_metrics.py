@@ -1,22 +1,17 @@
-"""Reading a vLLM server's Prometheus metrics (summed over label sets)."""
+"""Reading a vLLM server's Prometheus metrics from tests (the parsing is bench's: `bench.kv_metrics.parse`)."""
 
 from __future__ import annotations
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
+
+from bench.kv_metrics import parse
 
 
 def read(vllm_url: str) -> dict[str, float]:
-    """Sample name (with `source` label where present) -> value."""
-    text = httpx.get(f"{vllm_url}/metrics", timeout=10).text
-    values: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            key = sample.name
-            if "source" in sample.labels:
-                key += f"[{sample.labels['source']}]"
-            values[key] = values.get(key, 0.0) + sample.value
-    return values
+    """Sample name (with `[source]` where labelled by source) -> value summed over label sets."""
+    resp = httpx.get(f"{vllm_url}/metrics", timeout=10)
+    resp.raise_for_status()
+    return parse(resp.text)
 
 
 def delta(before: dict[str, float], after: dict[str, float], key: str) -> float:
