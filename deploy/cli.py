@@ -43,6 +43,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="KV side-channel ports: this for prefill, +1 for decode (default: 5601)")
     p.add_argument("--max-model-len", type=int, default=2048, help="context length (default: 2048)")
     p.add_argument("--no-prefix-caching", action="store_true", help="disable vLLM's prefix cache on the nodes")
+    p.add_argument("--kv-lease-s", type=float, default=30.0,
+                   help="seconds the prefill node keeps KV blocks nobody pulls (default: 30)")
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                    help="extra environment for both vLLM servers, e.g. UCX_TLS=tcp (repeatable)")
     p.add_argument("--log-dir", type=Path, default=local.LocalClusterConfig.__dataclass_fields__["log_dir"].default,
@@ -58,7 +60,7 @@ def run_up(args: argparse.Namespace) -> int:
         router_port=args.port, baseline_port=args.baseline_port, prefill_port=args.prefill_port,
         decode_port=args.decode_port, kv_port_base=args.kv_port_base, max_model_len=args.max_model_len,
         prefix_caching=not args.no_prefix_caching, log_dir=args.log_dir, ready_timeout_s=args.ready_timeout_s,
-        node_env=tuple(args.env))
+        node_env=tuple(args.env), kv_lease_s=args.kv_lease_s)
     busy = local.ports_in_use(config)
     if busy:
         raise ConfigError(f"ports already in use: {busy}; is a cluster already running? (disagg up starts nothing)")

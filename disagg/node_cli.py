@@ -41,6 +41,9 @@ def add_node_parser(sub: argparse._SubParsersAction, role: str, help_text: str, 
                    help="address the peer node reaches this node's KV endpoint on (default: 127.0.0.1)")
     p.add_argument("--kv-port", type=int, default=d["kv_port"],
                    help=f"NIXL side-channel / TCP transport port (default: {d['kv_port']})")
+    p.add_argument("--kv-lease-s", type=float, default=30.0,
+                   help="prefill side: seconds KV blocks wait for the decode node's pull before they are freed "
+                   "(default: 30)")
     p.add_argument("--kv-buffer-device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="where NIXL registers KV: cuda (GPU memory, needs GPUDirect RDMA), cpu (a pinned host "
                    "buffer: CPU hosts and GPUs without GPUDirect such as DGX Spark/GB10); auto: cuda on CUDA hosts")
@@ -67,6 +70,7 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
     choice = choose(args.transport, args.kv_peer)
     log.info("%s node transport: %s (%s)", role, choice.name, choice.reason)
     transport = TransportSettings(name=choice.name, role=role, kv_host=args.kv_host, kv_port=args.kv_port,
+                                  lease_s=args.kv_lease_s,
                                   kv_buffer_device=_kv_buffer_device(args.kv_buffer_device, cuda))
     cls = PrefillConfig if role == "prefill" else DecodeConfig
     return cls(

@@ -38,6 +38,8 @@ class TransportSettings:
             raise ConfigError(f"role must be 'prefill' or 'decode', not {self.role!r}")
         if not 0 < self.kv_port < 65536:
             raise ConfigError(f"kv_port {self.kv_port} out of range")
+        if not 1.0 <= self.lease_s <= 3600.0:
+            raise ConfigError(f"KV lease must be 1..3600 s, not {self.lease_s}")
         if self.kv_buffer_device not in ("cpu", "cuda"):
             raise ConfigError(f"kv_buffer_device must be 'cpu' or 'cuda', not {self.kv_buffer_device!r}")
 

@@ -5,6 +5,7 @@ from garbage. (Runs after the NIXL tests: file order; the cluster manager holds 
 from __future__ import annotations
 
 import math
+import time
 
 import httpx
 import pytest
@@ -57,3 +58,22 @@ def _prefill_kv_port(cluster) -> int:
     info = httpx.get(f"http://127.0.0.1:{prefill_info_port}/info", timeout=10).json()
     assert info["transport"] == "tcp" and info["role"] == "prefill"
     return info["kv_port"]
+
+
+def test_blocks_nobody_pulls_are_freed_when_the_lease_expires(tcp_cluster):
+    from tests.integration.cluster_manager import KV_LEASE_S
+
+    body = {"model": tcp_cluster.model_name, "prompt": prompt_of(tcp_cluster.model_dir, 300, tag="[tcp-lease]"),
+            "max_tokens": 1, "stream": False,
+            "kv_transfer_params": {"do_remote_decode": True, "do_remote_prefill": False}}
+    before = vllm_metrics.read(tcp_cluster.prefill_vllm_url)
+    resp = httpx.post(f"{tcp_cluster.prefill_vllm_url}/v1/completions", json=body, timeout=300)
+    assert resp.status_code == 200 and resp.json()["kv_transfer_params"]["remote_block_ids"]
+    held = vllm_metrics.read(tcp_cluster.prefill_vllm_url)["vllm:kv_cache_usage_perc"]
+    assert held > 0, "the prefill node must hold the blocks for the decode node"
+    deadline_s = time.monotonic() + KV_LEASE_S + 30
+    while vllm_metrics.read(tcp_cluster.prefill_vllm_url)["vllm:kv_cache_usage_perc"] > 0:
+        assert time.monotonic() < deadline_s, "blocks not freed after the lease"
+        time.sleep(1.0)
+    after = vllm_metrics.read(tcp_cluster.prefill_vllm_url)
+    assert vllm_metrics.delta(before, after, "vllm:disagg_tcp_kv_expired_leases_total") == 1
