@@ -23,3 +23,50 @@ def die_with_parent() -> None:
 
     pr_set_pdeathsig = 1
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def descendants(root_pid: int) -> list[int]:
+    """`root_pid` and every process below it (from /proc; processes that vanish meanwhile are skipped)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    found, todo = [], [root_pid]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, []))
+    return found
+
+
+def repin_threads(root_pid: int, cores: set[int], process_name: str) -> int:
+    """Move every thread of the processes named `process_name` under `root_pid` that runs outside
+    `cores` back onto them; returns how many threads moved."""
+    moved = 0
+    for pid in descendants(root_pid):
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().strip() != process_name:
+                continue
+            tids = [int(t.name) for t in Path(f"/proc/{pid}/task").iterdir()]
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                if not os.sched_getaffinity(tid) <= cores:
+                    os.sched_setaffinity(tid, cores)
+                    moved += 1
+            except OSError:
+                continue
+    return moved
+
+
+def parse_cores(spec: str) -> set[int]:
+    """'0', '0-3' or '0,2-3' -> {0, ...}."""
+    cores: set[int] = set()
+    for part in spec.split(","):
+        first, _, last = part.strip().partition("-")
+        cores.update(range(int(first), int(last or first) + 1))
+    return cores

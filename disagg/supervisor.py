@@ -28,6 +28,7 @@ from disagg.node_config import NodeConfig, vllm_command, vllm_env
 
 log = logging.getLogger(__name__)
 STOP_GRACE_S = 20.0
+WORKER_NAME = "VLLM::Worker"  # what vLLM names its worker processes (/proc/PID/comm)
 
 
 class Supervisor:
@@ -71,6 +72,17 @@ class Supervisor:
         _kill_group(proc, signal.SIGKILL)
         proc.wait()
 
+    def restore_core_binding(self) -> None:
+        """vLLM's NixlConnector on CPU moves the worker's main thread to the last core of each NUMA node
+        (vllm/distributed/kv_transfer/kv_connector/v1/nixl/base_worker.py, "reserve ... cores for
+        start_load_kv"). With one core per node, that puts the prefill and the decode worker on the same
+        core. Put the worker's threads back on this node's cores."""
+        if self.config.cuda or self.config.cpu_cores is None or self.process is None:
+            return
+        moved = host.repin_threads(self.process.pid, host.parse_cores(self.config.cpu_cores), WORKER_NAME)
+        if moved:
+            log.info("moved %d vLLM worker threads back to cores %s", moved, self.config.cpu_cores)
+
     async def watch(self, server: uvicorn.Server) -> None:
         """Poll the server until it is healthy, then keep watching it; end the supervisor if it dies."""
         started_s = time.monotonic()
@@ -82,6 +94,7 @@ class Supervisor:
                 if healthy and not self.engine_ready:
                     log.info("%s vLLM server ready in %.1f s at %s", self.config.role, now_s - started_s,
                              self.config.vllm_url)
+                    self.restore_core_binding()
                 elif not healthy and not self.engine_ready and now_s - last_report_s >= 10:
                     log.info("%s vLLM server loading (%.0f s)", self.config.role, now_s - started_s)
                     last_report_s = now_s

@@ -93,3 +93,31 @@ def test_dead_engine_stops_the_supervisor_with_an_error(node):
     proc, _, info = node
     os.kill(info["pid"], signal.SIGKILL)
     assert proc.wait(timeout=30) == 1
+
+
+def test_repin_moves_stray_threads_of_named_processes_back(tmp_path):
+    from disagg import host
+
+    code = ("import ctypes, os, threading, time\n"
+            "ctypes.CDLL('libc.so.6').prctl(15, b'VLLM::Worker')\n"  # PR_SET_NAME, like vLLM's workers
+            "os.sched_setaffinity(0, {1})\n"
+            "threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n"
+            "open(os.environ['READY'], 'w').close(); time.sleep(60)\n")
+    ready = tmp_path / "ready"
+    parent = subprocess.Popen(["sh", "-c", f'{sys.executable} -c "$CODE"'], env={**os.environ, "CODE": code,
+                                                                                "READY": str(ready)})
+    try:
+        deadline_s = time.monotonic() + 20
+        while not ready.exists() and time.monotonic() < deadline_s:
+            time.sleep(0.05)
+        assert host.repin_threads(parent.pid, {0}, "VLLM::Worker") == 2  # main thread + the extra one
+        worker = [p for p in host.descendants(parent.pid) if p != parent.pid][0]
+        for task in Path(f"/proc/{worker}/task").iterdir():
+            assert os.sched_getaffinity(int(task.name)) == {0}
+        assert host.repin_threads(parent.pid, {0}, "VLLM::Worker") == 0
+        assert host.parse_cores("0,2-3") == {0, 2, 3}
+    finally:
+        family = host.descendants(parent.pid)
+        for pid in family:
+            _kill_quietly(pid)
+        parent.wait()
