@@ -63,7 +63,8 @@ class ClusterManager:
         argv = [sys.executable, "-m", "disagg", "up", "--local", "--model", str(self.model_dir),
                 "--transport", transport, "--port", str(router), "--baseline-port", str(baseline),
                 "--prefill-port", str(base), "--decode-port", str(base + 2),
-                "--kv-port-base", str(25000 + (os.getpid() % 500) * 2), "--no-prefix-caching", "--kv-lease-s", str(KV_LEASE_S), "--log-dir", str(log_dir)]
+                "--kv-port-base", str(25000 + (os.getpid() % 500) * 2), "--no-prefix-caching",
+                "--kv-lease-s", str(KV_LEASE_S), "--log-dir", str(log_dir)]
         up = subprocess.Popen(argv, stdout=open(log_dir / "up.log", "wb"), stderr=subprocess.STDOUT,
                               start_new_session=True)
         cluster = Cluster(transport=transport, router_url=f"http://127.0.0.1:{router}",
