@@ -46,7 +46,7 @@ def test_header_is_twenty_bytes_big_endian():
     frame = wire.encode_frame(FrameType.RELEASE, "r1")
     assert len(frame) == 20 + 2
     magic, version, kind, rid_len, crc, payload_len = struct.unpack("!4sBBHIQ", frame[:20])
-    assert (magic, version, kind, rid_len, payload_len) == (b"DKVT", 1, FrameType.RELEASE, 2, 0)
+    assert (magic, version, kind, rid_len, payload_len) == (b"DKVT", wire.VERSION, FrameType.RELEASE, 2, 0)
     assert crc == wire.checksum(b"r1")
 
 
@@ -62,7 +62,7 @@ def test_bad_headers_are_refused(patch, message):
 
 
 def test_oversize_request_id_refused():
-    header = struct.pack("!4sBBHIQ", b"DKVT", 1, FrameType.PULL, wire.MAX_REQUEST_ID_BYTES + 1, 0, 0)
+    header = struct.pack("!4sBBHIQ", b"DKVT", wire.VERSION, FrameType.PULL, wire.MAX_REQUEST_ID_BYTES + 1, 0, 0)
     with pytest.raises(wire.FrameTooLargeError):
         wire.decode_header(header)
 
@@ -208,3 +208,9 @@ def test_advance_drops_sent_buffers_and_slices_the_partial_one():
     assert [bytes(v) for v in _advance(views, 4)] == [b"e", b"fgh"]
     assert [bytes(v) for v in _advance(views, 5)] == [b"fgh"]
     assert _advance(views, 8) == []
+
+
+def test_checksum_is_crc32c_over_request_id_then_payload():
+    # The standard CRC-32C check value: "123456789" -> 0xE3069283, also when fed in pieces.
+    assert wire.checksum(b"123456789") == 0xE3069283
+    assert wire.checksum(b"1234", [memoryview(bytearray(b"56")), b"789"]) == 0xE3069283

@@ -1,7 +1,7 @@
 """Decode side: pull a request's blocks from a prefill node's block server, and release them.
 
 `pull_blocks` runs one exchange on one connection: PULL, then the DATA frames received straight into the
-caller's memory (the KV cache, or a staging buffer), each frame's CRC-32 checked, then RELEASE so the
+caller's memory (the KV cache, or a staging buffer), each frame's CRC-32C checked, then RELEASE so the
 prefill node frees the blocks. It returns only when every byte arrived intact; any other outcome raises a
 `KvTransferError` and the caller must treat the memory as garbage.
 """
@@ -46,7 +46,7 @@ def pull_blocks(host: str, port: int, request_id: str, pull: PullRequest, views:
         seconds = time.perf_counter() - started_s
         _release_quietly(sock, request_id, deadline_s)
     if bad_frames:
-        raise wire.ChecksumError(f"KV of request {request_id}: {bad_frames} DATA frame(s) failed their CRC-32")
+        raise wire.ChecksumError(f"KV of request {request_id}: {bad_frames} DATA frame(s) failed their CRC-32C")
     return PullResult(request_id, pull.num_blocks, expected_nbytes, seconds)
 
 
@@ -62,7 +62,7 @@ def release_blocks(host: str, port: int, request_id: str, *, connect_timeout_s: 
 
 
 def _receive_data(sock: socket.socket, rid: bytes, views: Sequence[memoryview], deadline_s: float) -> int:
-    """Receive DATA frames into `views` until they are full; returns how many frames failed their CRC-32.
+    """Receive DATA frames into `views` until they are full; returns how many frames failed their CRC-32C.
 
     Each frame's payload and the next frame's header arrive in one system call. A bad frame does not stop
     the stream, so the connection stays usable for RELEASE.

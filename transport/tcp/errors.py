@@ -30,7 +30,7 @@ class FrameTooLargeError(ProtocolError):
 
 
 class ChecksumError(KvTransferError):
-    """The CRC-32 of what arrived differs from the one announced."""
+    """The CRC-32C of what arrived differs from the one announced."""
 
 
 class TruncatedError(KvTransferError):

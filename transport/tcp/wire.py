@@ -1,10 +1,12 @@
-"""Wire format of the TCP KV transport: length-prefixed binary frames with a CRC-32, no pickle.
+"""Wire format of the TCP KV transport: length-prefixed binary frames with a CRC-32C, no pickle.
 
 Every frame is a fixed 20-byte header, the request id (UTF-8) and a payload:
 
-    magic "DKVT" | version u8 | frame type u8 | request id bytes u16 | crc32 u32 | payload bytes u64
+    magic "DKVT" | version u8 | frame type u8 | request id bytes u16 | crc32c u32 | payload bytes u64
 
-all big-endian. The CRC-32 (zlib) covers the request id and the payload. One exchange, one connection:
+all big-endian. The CRC-32C (Castagnoli; the `crc32c` package, SSE4.2/ARMv8 instructions, about 12 GB/s
+with the GIL released, three times zlib's CRC-32) covers the request id and the payload. One exchange,
+one connection:
 
     decode -> prefill   PULL     payload: first block u32 | num blocks u32 | bytes per block u64 | layout id u32
     prefill -> decode   DATA...  the blocks' raw KV bytes, layer by layer, block by block, cut into frames of
@@ -23,9 +25,10 @@ from __future__ import annotations
 import enum
 import socket
 import struct
-import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+
+import crc32c
 
 from transport.tcp.errors import (  # noqa: F401  (re-exported: the wire's failures)
     ChecksumError,
@@ -41,7 +44,7 @@ from transport.tcp.errors import (  # noqa: F401  (re-exported: the wire's failu
 from transport.tcp.stream import recv_exact, recv_into_buffers
 
 MAGIC = b"DKVT"
-VERSION = 1
+VERSION = 2  # 1 used zlib's CRC-32
 HEADER = struct.Struct("!4sBBHIQ")
 PULL_PAYLOAD = struct.Struct("!IIQI")
 ERROR_CODE = struct.Struct("!H")
@@ -116,9 +119,9 @@ class ByteCursor:
 
 
 def checksum(request_id: bytes, chunks: Iterable[memoryview | bytes] = ()) -> int:
-    crc = zlib.crc32(request_id)
+    crc = crc32c.crc32c(request_id)
     for chunk in chunks:
-        crc = zlib.crc32(chunk, crc)
+        crc = crc32c.crc32c(chunk, crc)
     return crc
 
 
@@ -193,5 +196,5 @@ def read_control_payload(sock: socket.socket, header: FrameHeader, request_id: b
                                  f"limit {MAX_CONTROL_PAYLOAD_BYTES}")
     payload = recv_exact(sock, header.payload_nbytes, deadline_s)
     if checksum(request_id, (payload,)) != header.crc32:
-        raise ChecksumError(f"{header.frame_type.name} frame failed its CRC-32")
+        raise ChecksumError(f"{header.frame_type.name} frame failed its CRC-32C")
     return payload
