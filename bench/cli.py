@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 
 from bench import compare_cli, kv_size_cli, serve_cli
+from transport import cli as transport_cli
 
 _FORMATTER = argparse.RawDescriptionHelpFormatter
 
@@ -91,3 +92,4 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         description=COMPARE_DESCRIPTION, epilog=COMPARE_EPILOG, formatter_class=_FORMATTER)
     compare_cli.add_arguments(compare_parser)
     compare_parser.set_defaults(func=compare_cli.run)
+    transport_cli.add_bench_parser(bench_sub)

