@@ -10,6 +10,7 @@ from disagg import host, model
 from disagg.node_config import DecodeConfig, NodeConfig, PrefillConfig
 from transport.choice import choose
 from transport.config import TRANSPORTS, TransportSettings
+from transport.ucx_link import KV_LINKS
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,11 @@ def add_node_parser(sub: argparse._SubParsersAction, role: str, help_text: str, 
     p.add_argument("--kv-lease-s", type=float, default=30.0,
                    help="prefill side: seconds KV blocks wait for the decode node's pull before they are freed "
                    "(default: 30)")
+    p.add_argument("--kv-link", choices=KV_LINKS, default="auto",
+                   help="nixl: the kind of KV link, which sets UCX's transports: roce, ib, tcp, shm, or auto (UCX "
+                   "picks) (default: auto); see transport/ucx_link.py")
+    p.add_argument("--kv-net-device", default="",
+                   help="nixl: UCX_NET_DEVICES for the KV link, e.g. mlx5_0:1 or enp1s0f0np0 (default: UCX picks)")
     p.add_argument("--kv-buffer-device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="where NIXL registers KV: cuda (GPU memory, needs GPUDirect RDMA), cpu (a pinned host "
                    "buffer: CPU hosts and GPUs without GPUDirect such as DGX Spark/GB10); auto: cuda on CUDA hosts")
@@ -70,7 +76,7 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
     choice = choose(args.transport, args.kv_peer)
     log.info("%s node transport: %s (%s)", role, choice.name, choice.reason)
     transport = TransportSettings(name=choice.name, role=role, kv_host=args.kv_host, kv_port=args.kv_port,
-                                  lease_s=args.kv_lease_s,
+                                  lease_s=args.kv_lease_s, link=args.kv_link, net_device=args.kv_net_device,
                                   kv_buffer_device=_kv_buffer_device(args.kv_buffer_device, cuda))
     cls = PrefillConfig if role == "prefill" else DecodeConfig
     return cls(

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from disagg.errors import ConfigError
+from transport.ucx_link import ucx_env
 
 Transport = Literal["nixl", "tcp", "none"]
 TRANSPORTS: tuple[str, ...] = ("nixl", "tcp", "none")
@@ -29,7 +30,9 @@ class TransportSettings:
     kv_port: int = 5600  # NIXL side channel / our TCP server port
     kv_buffer_device: str = "cpu"  # "cpu" (pinned host buffer) or "cuda"
     lease_s: float = 30.0
-    env: dict[str, str] = field(default_factory=dict)  # per-link extras, e.g. UCX_TLS
+    link: str = "auto"  # nixl: the UCX settings for this kind of link (`transport.ucx_link`)
+    net_device: str = ""  # nixl: UCX_NET_DEVICES, e.g. mlx5_0:1
+    env: dict[str, str] = field(default_factory=dict)  # per-link extras, e.g. UCX_IB_GID_INDEX
 
     def __post_init__(self) -> None:
         if self.name not in TRANSPORTS:
@@ -42,6 +45,7 @@ class TransportSettings:
             raise ConfigError(f"KV lease must be 1..3600 s, not {self.lease_s}")
         if self.kv_buffer_device not in ("cpu", "cuda"):
             raise ConfigError(f"kv_buffer_device must be 'cpu' or 'cuda', not {self.kv_buffer_device!r}")
+        ucx_env(self.link)  # raises for an unknown link type
 
     @property
     def kv_role(self) -> str:
@@ -72,10 +76,12 @@ def kv_transfer_config(settings: TransportSettings) -> dict[str, Any] | None:
 
 def transport_env(settings: TransportSettings) -> dict[str, str]:
     """Environment variables the vLLM server needs for this transport."""
-    env = dict(settings.env)
+    env = {}
     if settings.name == "nixl":
+        env.update(ucx_env(settings.link, settings.kv_buffer_device, settings.net_device))
         env["VLLM_NIXL_SIDE_CHANNEL_HOST"] = settings.kv_host
         env["VLLM_NIXL_SIDE_CHANNEL_PORT"] = str(settings.kv_port)
+    env.update(settings.env)
     return env
 
 
