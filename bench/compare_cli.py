@@ -189,15 +189,21 @@ def _measurement(args: argparse.Namespace, max_model_len: int | None, seed: int,
 
 
 def run_local(args: argparse.Namespace, seed: int, tokenizer: datasets.Tokenizer | None) -> Measurement:
-    """Start one cluster per transport in turn; measure colocated (first cluster's baseline) and disagg."""
+    """Start one cluster per transport in turn; measure disagg in each, colocated in the first that starts.
+
+    The colocated baseline is the decode node serving alone. The `tcp` cluster goes first when there is one:
+    in a `nixl` cluster on a CPU host, NIXL's UCX progress thread busy-polls the node's core and would slow
+    the baseline too.
+    """
     run = _measurement(args, local_max_model_len(args), seed, tokenizer)
     run.notes.append("local clusters run with prefix caching off")
-    for transport in args.transports:
+    for transport in sorted(args.transports, key=lambda name: name != "tcp"):
         log_dir = args.log_dir / transport if args.log_dir else args.out_dir / "logs" / transport
         try:
             with local_cluster.local_cluster(transport, args.model_dir, run.max_model_len or 0,
                                              log_dir.resolve(), args.ready_timeout_s) as cluster:
-                if not run.modes:
+                if not any(mode["name"] == COLOCATED for mode in run.modes):
+                    run.notes.append(f"colocated baseline: the decode node of the {transport} cluster alone")
                     run.measure(Target(COLOCATED, cluster.baseline_url))
                 run.measure(Target(transport, cluster.router_url, cluster.decode_vllm_url))
         except local_cluster.ClusterStartError as exc:

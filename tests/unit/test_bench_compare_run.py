@@ -224,9 +224,10 @@ def test_local_mode_measures_each_started_cluster(servers: tuple[str, str], tmp_
                   "--output-len", "4", "--num-requests", "1", "--kv-bytes-per-token", "10",
                   "--link-bandwidth-gb-s", "1", "--out-dir", str(tmp_path / "out")])
     assert args.func(args) == 1  # tcp is missing
-    assert started == [("nixl", 40), ("tcp", 40)]  # context: 100 + 4 wanted, the model allows 40
+    assert started == [("tcp", 40), ("nixl", 40)]  # tcp first; context: 100 + 4 wanted, the model allows 40
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert [mode["name"] for mode in results["modes"]] == ["colocated", "nixl"]
     assert results["settings"]["prompt_lens"] == [8, 36]
+    assert "colocated baseline: the decode node of the nixl cluster alone" in results["notes"]
     assert results["not_measured"] == [f"tcp: its cluster did not start (logs in {tmp_path / 'out' / 'logs' / 'tcp'})"]
     assert all(entry["transfer"]["count"] == 1 for entry in results["modes"][1]["lengths"])
