@@ -6,6 +6,7 @@ OpenAI's shape `{"error": {"message", "type", "param", "code"}}`; `http_status` 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 
@@ -31,6 +32,10 @@ class DisaggError(Exception):
             }
         }
 
+    def headers(self) -> dict[str, str]:
+        """HTTP headers that go with this error's response."""
+        return {}
+
 
 class BadRequest(DisaggError):
     """The client's request is malformed or asks for something impossible (400)."""
@@ -40,10 +45,16 @@ class BadRequest(DisaggError):
 
 
 class Unauthorized(DisaggError):
-    """Missing or wrong API key or cluster token (401)."""
+    """Missing or wrong API key or cluster token (401). Type and code as OpenAI's own 401."""
 
     http_status = 401
-    error_type = "authentication_error"
+    error_type = "invalid_request_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="invalid_api_key")
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer"}
 
 
 class NotFound(DisaggError):
@@ -60,15 +71,28 @@ class PayloadTooLarge(DisaggError):
     error_type = "invalid_request_error"
 
 
+class UnsupportedMediaType(DisaggError):
+    """A request body that says it is not JSON (415)."""
+
+    http_status = 415
+    error_type = "invalid_request_error"
+
+
 class Overloaded(DisaggError):
-    """The router's queue is full (429); the client should retry after `retry_after_s`."""
+    """The router's queue is full (429); the client should retry after `retry_after_s`.
+
+    Type and code as OpenAI's own 429 for a request-rate limit ("requests", "rate_limit_exceeded").
+    """
 
     http_status = 429
-    error_type = "rate_limit_error"
+    error_type = "requests"
 
     def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
-        super().__init__(message, code="overloaded")
+        super().__init__(message, code="rate_limit_exceeded")
         self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after_s)))}
 
 
 class UpstreamError(DisaggError):
@@ -90,6 +114,16 @@ class DeadlineExceeded(DisaggError):
 
     http_status = 504
     error_type = "timeout_error"
+
+
+class ClientDisconnected(DisaggError):
+    """The client went away before its answer was complete (499, nginx's "client closed request").
+
+    Nobody receives this response; the class exists so the request is cancelled, logged and counted.
+    """
+
+    http_status = 499
+    error_type = "client_closed_request"
 
 
 class ClientRelayedError(DisaggError):

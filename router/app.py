@@ -5,23 +5,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from typing import Any, AsyncIterator
 
 import httpx
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from disagg.errors import DisaggError, PayloadTooLarge
+from disagg.errors import ClientDisconnected, DeadlineExceeded, DisaggError
 from disagg.messages import RequestTiming
-from router import validation
+from router import openapi, validation
+from router.admission import Admission
+from router.auth import require_api_key
+from router.body import read_body
 from router.config import RouterConfig
-from router.dispatch import Dispatcher
+from router.dispatch import Call, Dispatcher
 from router.metrics import RouterMetrics
 from router.registry import NodeRegistry
 from router.upstream import get_json
+from router.watch import until_done
 
 log = logging.getLogger(__name__)
 
@@ -48,73 +53,88 @@ def create_app(config: RouterConfig) -> FastAPI:
 
     app = FastAPI(title="disagg router", lifespan=lifespan)
     app.state.config, app.state.registry, app.state.metrics = config, registry, metrics
+    app.state.admission = Admission(config.max_inflight, config.max_queue)
     _add_error_handlers(app)
-    _add_openai_routes(app)
+    app.include_router(_openai_routes())
     _add_ops_routes(app)
     return app
 
 
 def _add_error_handlers(app: FastAPI) -> None:
+    """The one place errors become HTTP responses: OpenAI's shape, the status and headers of the class."""
+
     @app.exception_handler(DisaggError)
     async def disagg_error(_: Request, exc: DisaggError) -> JSONResponse:
-        headers = {}
-        if getattr(exc, "retry_after_s", None) is not None:
-            headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))
-        return JSONResponse(exc.to_openai(), status_code=exc.http_status, headers=headers)
+        return JSONResponse(exc.to_openai(), status_code=exc.http_status, headers=exc.headers())
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         err = DisaggError(str(exc.detail), code=str(exc.status_code))
         err.http_status = exc.status_code
         err.error_type = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-        return JSONResponse(err.to_openai(), status_code=exc.status_code)
+        return JSONResponse(err.to_openai(), status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unexpected error serving %s %s", request.method, request.url.path, exc_info=exc)
+        return JSONResponse(DisaggError("internal error in the router", code="internal_error").to_openai(),
+                            status_code=500)
 
 
-def _add_openai_routes(app: FastAPI) -> None:
-    @app.post("/v1/completions")
+def _openai_routes() -> APIRouter:
+    routes = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+
+    @routes.post("/completions", openapi_extra=openapi.request_body("completion"))
     async def completions(request: Request) -> Any:
         return await _serve(request, "completions", validation.validate_completion)
 
-    @app.post("/v1/chat/completions")
+    @routes.post("/chat/completions", openapi_extra=openapi.request_body("chat"))
     async def chat(request: Request) -> Any:
         return await _serve(request, "chat", validation.validate_chat)
 
-    @app.get("/v1/models")
+    @routes.get("/models")
     async def models(request: Request) -> Any:
         dispatcher: Dispatcher = request.app.state.dispatcher
         node = request.app.state.registry.pick("decode")
         return JSONResponse(await get_json(dispatcher.client, "decode", f"{node.vllm_url}/v1/models"))
 
+    return routes
+
 
 async def _serve(request: Request, endpoint: str, validate: Any) -> Any:
-    config: RouterConfig = request.app.state.config
-    raw = await _read_body(request, config.max_body_bytes)
-    body = validation.parse_body(raw)
-    validate(body)
+    """Admit, read and check the body, serve; every outcome is logged and counted exactly once."""
+    state = request.app.state
+    config: RouterConfig = state.config
     timing = RequestTiming(request_id=f"disagg-{uuid.uuid4().hex}", mode=config.mode, endpoint=endpoint)
-    dispatcher: Dispatcher = request.app.state.dispatcher
-    dispatcher.metrics.in_flight.inc()
+    call = Call(timing, deadline_s=asyncio.get_running_loop().time() + config.request_timeout_s)
     try:
-        return await dispatcher.serve(body, endpoint, timing)
+        body = await _admit(request, call, validate)
+        return await until_done(request.receive, state.dispatcher.serve(body, endpoint, call), call.deadline_s)
     except DisaggError as exc:
-        dispatcher.metrics.failures.labels(exc.code or exc.error_type).inc()
-        dispatcher.finish(timing, f"error_{exc.http_status}")
+        if not isinstance(exc, ClientDisconnected):
+            state.metrics.failures.labels(exc.code or exc.error_type).inc()
+        status = "client_disconnected" if isinstance(exc, ClientDisconnected) else f"error_{exc.http_status}"
+        state.dispatcher.finish(timing, status)
         raise
     finally:
-        dispatcher.metrics.in_flight.dec()
+        await call.scope.aclose()  # empty if a stream took it over
 
 
-async def _read_body(request: Request, max_body_bytes: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > max_body_bytes:
-        raise PayloadTooLarge(f"request body of {declared} bytes is over the limit of {max_body_bytes}")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_body_bytes:
-            raise PayloadTooLarge(f"request body is over the limit of {max_body_bytes} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+async def _admit(request: Request, call: Call, validate: Any) -> dict[str, Any]:
+    """Take an in-flight slot (waiting in the queue if need be), then read and validate the body."""
+    state = request.app.state
+    try:
+        async with asyncio.timeout_at(call.deadline_s):
+            queued_s = time.monotonic()
+            call.scope.callback((await state.admission.acquire()).release)
+            call.timing.queue_s = time.monotonic() - queued_s
+            raw = await read_body(request, state.config.max_body_bytes)
+    except TimeoutError:
+        raise DeadlineExceeded("the request waited past its deadline for a slot or for its body",
+                               code="request_timeout") from None
+    body = validation.parse_body(raw)
+    validate(body)
+    return body
 
 
 def _add_ops_routes(app: FastAPI) -> None:
@@ -131,6 +151,9 @@ def _add_ops_routes(app: FastAPI) -> None:
     @app.get("/metrics")
     async def metrics(request: Request) -> Response:
         m: RouterMetrics = request.app.state.metrics
+        admission: Admission = request.app.state.admission
+        m.in_flight.set(admission.in_flight)
+        m.queued.set(admission.queued)
         for role in ("prefill", "decode"):
             m.nodes_healthy.labels(role).set(
                 sum(1 for n in request.app.state.registry.nodes if n.role == role and n.healthy))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from router.config import RouterConfig
 
@@ -15,23 +16,40 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
             "Serve /v1/completions, /v1/chat/completions, /v1/models, /health and /metrics. In disagg "
             "mode each request is prefilled on a prefill node, its KV shipped to a decode node, which "
             "generates. In colocated mode each request goes to one node that does both (the baseline). "
-            "A node URL is a disagg node (disagg prefill/decode) or a plain vLLM server."
+            "A node URL is a disagg node (disagg prefill/decode) or a plain vLLM server. With --api-key, "
+            "every /v1 route needs 'Authorization: Bearer KEY' (else 401); /health and /metrics stay open, "
+            "so bind them to a trusted network or keep the router behind a proxy."
         ),
     )
     p.add_argument("--mode", choices=["disagg", "colocated"], default="disagg",
                    help="disagg: prefill node -> decode node; colocated: decode node alone (default: disagg)")
     p.add_argument("--prefill", action="append", default=[], metavar="URL",
-                   help="prefill node URL, e.g. http://127.0.0.1:8101 (repeatable)")
+                   help="prefill node URL, e.g. http://127.0.0.1:8101 (repeatable: a failed prefill is retried on another)")
     p.add_argument("--decode", action="append", default=[], metavar="URL",
                    help="decode node URL, e.g. http://127.0.0.1:8201 (repeatable)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
     p.add_argument("--request-timeout-s", type=float, default=600.0,
-                   help="longest wait for a node's answer, per call (default: 600)")
+                   help="deadline of a request, from arrival to its last byte, queueing included: past it the "
+                        "client gets 504 (or, mid-stream, an SSE error event) and the node calls are cancelled "
+                        "(default: 600)")
     p.add_argument("--health-interval-s", type=float, default=2.0,
                    help="seconds between node health checks (default: 2)")
     p.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024,
-                   help="largest request body accepted, else 413 (default: 4 MiB)")
+                   help="largest request body accepted, else 413, refused before it is read "
+                        "(default: 4 MiB, about 500k prompt tokens as JSON token ids)")
+    p.add_argument("--max-inflight", type=int, default=256,
+                   help="requests served at once; more wait in the queue (default: 256, vLLM's default "
+                        "batch of sequences)")
+    p.add_argument("--max-queue", type=int, default=512,
+                   help="requests waiting for a slot; beyond that 429 with Retry-After (default: 512)")
+    p.add_argument("--no-colocated-fallback", dest="colocated_fallback", action="store_false",
+                   help="in disagg mode, answer 502/503 when no prefill node can serve instead of letting "
+                        "the decode node prefill the request itself (counted in disagg_router_fallbacks_total)")
+    p.add_argument("--api-key", default=os.environ.get("DISAGG_API_KEY"), metavar="KEY",
+                   help="require 'Authorization: Bearer KEY' on /v1 routes (default: $DISAGG_API_KEY; "
+                        "none: no key needed). Prefer the environment variable: a command line is visible "
+                        "to every user of the host")
     p.set_defaults(func=run)
 
 
@@ -45,6 +63,10 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
         request_timeout_s=args.request_timeout_s,
         health_interval_s=args.health_interval_s,
         max_body_bytes=args.max_body_bytes,
+        max_inflight=args.max_inflight,
+        max_queue=args.max_queue,
+        colocated_fallback=args.colocated_fallback,
+        api_key=args.api_key or None,
     )
 
 

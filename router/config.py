@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import urlparse
 
@@ -19,6 +19,11 @@ class RouterConfig:
     plain vLLM OpenAI server started by hand; the router finds out which on its first health check.
     In `colocated` mode only `decode_urls` are used: each request goes to one server, which prefills
     and decodes itself (the single-node baseline).
+
+    Limits: `api_key` (None: no key needed) guards every /v1 route; at most `max_inflight` requests
+    are served at once and `max_queue` more wait (beyond that: 429); each request has
+    `request_timeout_s` from arrival to its last byte (else 504); bodies over `max_body_bytes` get 413.
+    `colocated_fallback`: when no prefill node can serve, the decode node prefills itself.
     """
 
     mode: Mode
@@ -30,6 +35,10 @@ class RouterConfig:
     connect_timeout_s: float = 5.0
     health_interval_s: float = 2.0
     max_body_bytes: int = 4 * 1024 * 1024
+    max_inflight: int = 256
+    max_queue: int = 512
+    colocated_fallback: bool = True
+    api_key: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.mode not in ("disagg", "colocated"):
@@ -49,3 +58,8 @@ class RouterConfig:
                 raise ConfigError(f"{name} must be > 0")
         if self.max_body_bytes < 1024:
             raise ConfigError("max_body_bytes must be at least 1024")
+        if self.max_inflight < 1 or self.max_queue < 0:
+            raise ConfigError("max_inflight must be >= 1 and max_queue >= 0")
+        if self.api_key is not None and (not self.api_key or not self.api_key.isascii()
+                                         or not self.api_key.isprintable() or " " in self.api_key):
+            raise ConfigError("api_key must be non-empty printable ASCII without spaces")

@@ -1,152 +1,101 @@
-"""Serving one validated request: colocated (one node) or disaggregated (prefill node → decode node).
+"""Serving one admitted, validated request: colocated (one node) or disaggregated (prefill → decode).
 
-The decode node's answer is relayed as it comes: JSON for a unary request, SSE for a streamed one. A
-failure after streaming began becomes an SSE `error` event followed by `[DONE]`, never a silent cut.
+The decode node's answer is relayed as it comes: JSON for a unary request, SSE for a streamed one (see
+`router.relay`). In disagg mode the decode side is checked first, so no prompt is prefilled for a
+decode node that is not there; the prefill step itself retries and falls back (see `router.prefill`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from contextlib import AsyncExitStack
-from typing import Any, AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from disagg.errors import DisaggError, UpstreamError
+from disagg.errors import NoNodeAvailable
 from disagg.messages import RequestTiming
 from router import protocol
 from router.config import RouterConfig
 from router.metrics import RouterMetrics
+from router.prefill import PrefillStep
 from router.registry import Node, NodeRegistry
-from router.upstream import NodeFailure, error_from_exception, open_stream, post_json
+from router.relay import StreamRelay, note_usage
+from router.upstream import NodeFailure, open_stream, post_json
 
 log = logging.getLogger("router.requests")
 
-PATHS = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
+
+@dataclass
+class Call:
+    """One admitted request on its way through the router."""
+
+    timing: RequestTiming
+    deadline_s: float  # event-loop time by which its last byte must be out
+    scope: AsyncExitStack = field(default_factory=AsyncExitStack)  # its slot, its upstream stream
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"X-Request-Id": self.timing.request_id}
 
 
 class Dispatcher:
     def __init__(self, config: RouterConfig, registry: NodeRegistry, client: httpx.AsyncClient,
                  metrics: RouterMetrics) -> None:
         self.config, self.registry, self.client, self.metrics = config, registry, client, metrics
+        self.prefill = PrefillStep(config, registry, client, metrics)
 
-    async def serve(self, body: dict[str, Any], endpoint: str, timing: RequestTiming) -> Any:
-        headers = {"X-Request-Id": timing.request_id}
+    async def serve(self, body: dict[str, Any], endpoint: str, call: Call) -> Any:
+        timing, fallback = call.timing, None
         if self.config.mode == "disagg":
-            body = await self._prefill(body, endpoint, timing, headers)
-        node = self.registry.pick("decode")
-        if timing.prompt_tokens is not None and node.info is not None and self.config.mode == "disagg":
+            self.registry.require("decode")
+            body, fallback = await self.prefill.run(body, endpoint, timing, call.headers)
+        try:
+            node = self.registry.pick("decode")
+        except NoNodeAvailable as exc:
+            exc.message += f"; prefill: {fallback}" if fallback else ""
+            raise
+        if timing.prompt_tokens is not None and node.info is not None and fallback is None:
             timing.kv_bytes = timing.prompt_tokens * node.info.kv_bytes_per_token
-        url = node.vllm_url + PATHS[endpoint]
+        url = node.vllm_url + protocol.PATHS[endpoint]
         if body.get("stream"):
-            return await self._stream(node, url, body, headers, timing)
-        return await self._unary(node, url, body, headers, timing)
+            return await self._stream(node, url, body, call)
+        return await self._unary(node, url, body, call)
 
-    async def _prefill(self, body: dict[str, Any], endpoint: str, timing: RequestTiming,
-                       headers: dict[str, str]) -> dict[str, Any]:
-        """Run the prefill step; return the body for the decode node."""
-        node = self.registry.pick("prefill")
+    async def _unary(self, node: Node, url: str, body: dict[str, Any], call: Call) -> JSONResponse:
         started_s = time.monotonic()
-        data = await self._call(node, "prefill", node.vllm_url + PATHS[endpoint],
-                                protocol.prefill_request(body), headers)
-        timing.prefill_s = time.monotonic() - started_s
-        timing.prompt_tokens = protocol.prompt_tokens(data)
-        return protocol.decode_request(body, protocol.kv_transfer_params(data))
-
-    async def _call(self, node: Node, role: str, url: str, body: dict[str, Any],
-                    headers: dict[str, str]) -> dict[str, Any]:
         try:
-            return await post_json(self.client, role, url, body, headers)
+            data = await post_json(self.client, "decode", url, body, call.headers)
         except NodeFailure as exc:
             self.registry.mark_failed(node, exc.message)
             raise
+        call.timing.decode_s = time.monotonic() - started_s
+        note_usage(data, call.timing)
+        self.finish(call.timing, "ok")
+        return JSONResponse(data, headers=_response_headers(call.timing))
 
-    async def _unary(self, node: Node, url: str, body: dict[str, Any], headers: dict[str, str],
-                     timing: RequestTiming) -> JSONResponse:
-        started_s = time.monotonic()
-        data = await self._call(node, "decode", url, body, headers)
-        timing.decode_s = time.monotonic() - started_s
-        _note_usage(data, timing)
-        self.finish(timing, "ok")
-        return JSONResponse(data, headers=_response_headers(timing))
-
-    async def _stream(self, node: Node, url: str, body: dict[str, Any], headers: dict[str, str],
-                      timing: RequestTiming) -> StreamingResponse:
-        stack = AsyncExitStack()
-        started_s = time.monotonic()
+    async def _stream(self, node: Node, url: str, body: dict[str, Any], call: Call) -> StreamingResponse:
+        """Open the decode node's stream; from here the relay owns the request's scope (slot included)."""
+        scope = call.scope.pop_all()
         try:
-            resp = await stack.enter_async_context(open_stream(self.client, "decode", url, body, headers))
-        except NodeFailure as exc:
-            await stack.aclose()
-            self.registry.mark_failed(node, exc.message)
+            resp = await scope.enter_async_context(open_stream(self.client, "decode", url, body, call.headers))
+        except BaseException as exc:
+            await scope.aclose()
+            if isinstance(exc, NodeFailure):
+                self.registry.mark_failed(node, exc.message)
             raise
-        except BaseException:
-            await stack.aclose()
-            raise
-        return StreamingResponse(self._relay(resp, stack, timing, started_s), media_type="text/event-stream",
-                                 headers=_response_headers(timing))
-
-    async def _relay(self, resp: httpx.Response, stack: AsyncExitStack, timing: RequestTiming,
-                     started_s: float) -> AsyncIterator[bytes]:
-        status = "cancelled"  # what it stays if the client goes away mid-stream
-        try:
-            done = False
-            async for line in resp.aiter_lines():
-                done = self._observe_line(line, timing, started_s) or done
-                yield (line + "\n").encode()
-            if not done:
-                raise UpstreamError("decode node closed the stream before [DONE]", code="decode_stream_cut")
-            status = "error" if timing.status == "error" else "ok"
-        except (httpx.HTTPError, DisaggError) as exc:
-            err = exc if isinstance(exc, DisaggError) else error_from_exception("decode", exc)
-            status = "error"
-            log.warning("request %s failed mid-stream: %s", timing.request_id, err.message)
-            yield sse_error(err)
-            yield b"data: [DONE]\n\n"
-        finally:
-            timing.decode_s = time.monotonic() - started_s
-            await stack.aclose()
-            self.finish(timing, status)
-
-    def _observe_line(self, line: str, timing: RequestTiming, started_s: float) -> bool:
-        """Note first token, usage and in-band errors from one SSE line; True at `[DONE]`."""
-        if not line.startswith("data:"):
-            return False
-        payload = line[5:].strip()
-        if payload == "[DONE]":
-            return True
-        if timing.decode_ttft_s is None:
-            timing.decode_ttft_s = time.monotonic() - started_s
-        if '"usage"' in payload or '"error"' in payload:
-            try:
-                chunk = json.loads(payload)
-            except json.JSONDecodeError:
-                return False
-            if isinstance(chunk, dict):
-                _note_usage(chunk, timing)
-                if chunk.get("error"):
-                    timing.status = "error"
-        return False
+        relay = StreamRelay(resp, scope, call.timing, call.deadline_s, self.metrics, self.finish)
+        return relay.response(_response_headers(call.timing))
 
     def finish(self, timing: RequestTiming, status: str) -> None:
+        """Log and count one request's outcome, once."""
         timing.status = status
         timing.total_s = time.monotonic() - timing.started_s
         self.metrics.observe(timing)
         log.info("request %s", timing.model_dump_json(exclude_none=True))
-
-
-def sse_error(err: DisaggError) -> bytes:
-    return b"event: error\ndata: " + json.dumps(err.to_openai()).encode() + b"\n\n"
-
-
-def _note_usage(data: dict[str, Any], timing: RequestTiming) -> None:
-    usage = data.get("usage")
-    if isinstance(usage, dict):
-        timing.prompt_tokens = usage.get("prompt_tokens", timing.prompt_tokens)
-        timing.completion_tokens = usage.get("completion_tokens", timing.completion_tokens)
 
 
 def _response_headers(timing: RequestTiming) -> dict[str, str]:

@@ -14,6 +14,8 @@ from typing import Any
 
 from disagg.errors import UpstreamError
 
+PATHS = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}  # vLLM's routes by endpoint
+
 PREFILL_KV_PARAMS: dict[str, Any] = {
     "do_remote_decode": True,
     "do_remote_prefill": False,

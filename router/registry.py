@@ -63,14 +63,20 @@ class NodeRegistry:
         nodes += [Node("decode", u.rstrip("/")) for u in decode_urls]
         return cls(nodes)
 
-    def pick(self, role: str) -> Node:
-        """A healthy node of `role`, round robin; NoNodeAvailable when there is none."""
-        healthy = [n for n in self.nodes if n.role == role and n.healthy]
-        if not healthy:
-            errors = "; ".join(f"{n.url}: {n.last_error or 'not ready'}" for n in self.nodes if n.role == role)
-            raise NoNodeAvailable(f"no healthy {role} node ({errors})", code=f"no_{role}_node")
+    def pick(self, role: str, exclude: frozenset[str] = frozenset()) -> Node:
+        """A healthy node of `role` whose URL is not in `exclude`, round robin; NoNodeAvailable if none."""
+        healthy = self.require(role, exclude)
         counter = self._counters.setdefault(role, itertools.count())
         return healthy[next(counter) % len(healthy)]
+
+    def require(self, role: str, exclude: frozenset[str] = frozenset()) -> list[Node]:
+        """The healthy nodes of `role` not in `exclude`; NoNodeAvailable naming each node and why not."""
+        healthy = [n for n in self.nodes if n.role == role and n.healthy and n.url not in exclude]
+        if not healthy:
+            errors = "; ".join(f"{n.url}: {n.last_error or ('failed' if n.url in exclude else 'not ready')}"
+                               for n in self.nodes if n.role == role)
+            raise NoNodeAvailable(f"no healthy {role} node ({errors})", code=f"no_{role}_node")
+        return healthy
 
     def has_healthy(self, role: str) -> bool:
         return any(n.healthy for n in self.nodes if n.role == role)

@@ -15,6 +15,14 @@ import httpx
 from disagg.errors import ClientRelayedError, DeadlineExceeded, DisaggError, UpstreamError
 
 
+JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+def encode_json(body: dict[str, Any]) -> bytes:
+    """JSON as ASCII: a lone surrogate from the client (valid JSON escape, not UTF-8) stays an escape."""
+    return json.dumps(body, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
 class NodeFailure(UpstreamError):
     """The node itself failed (connection, 5xx, protocol); the registry should mark it down."""
 
@@ -41,7 +49,7 @@ async def post_json(client: httpx.AsyncClient, role: str, url: str, body: dict[s
                     headers: dict[str, str]) -> dict[str, Any]:
     """POST and return the JSON body of a 200; raise a mapped error otherwise."""
     try:
-        resp = await client.post(url, json=body, headers=headers)
+        resp = await client.post(url, content=encode_json(body), headers={**headers, **JSON_HEADERS})
     except httpx.HTTPError as exc:
         raise error_from_exception(role, exc) from exc
     return _json_of(role, resp)
@@ -72,7 +80,7 @@ def _json_of(role: str, resp: httpx.Response) -> dict[str, Any]:
 async def open_stream(client: httpx.AsyncClient, role: str, url: str, body: dict[str, Any],
                       headers: dict[str, str]) -> AsyncIterator[httpx.Response]:
     """POST with a streamed response; yields it only once its status is 200."""
-    request = client.build_request("POST", url, json=body, headers=headers)
+    request = client.build_request("POST", url, content=encode_json(body), headers={**headers, **JSON_HEADERS})
     try:
         resp = await client.send(request, stream=True)
     except httpx.HTTPError as exc:

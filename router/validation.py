@@ -8,6 +8,7 @@ serve, so that every bad request is a 400 in OpenAI's shape.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from disagg.errors import BadRequest
@@ -15,16 +16,42 @@ from disagg.errors import BadRequest
 INT_FIELDS = ("max_tokens", "max_completion_tokens", "n", "seed", "logprobs", "top_logprobs", "top_k")
 NUMBER_FIELDS = ("temperature", "top_p", "presence_penalty", "frequency_penalty", "repetition_penalty")
 MAX_INT = 2**31 - 1
+MAX_JSON_DEPTH = 32  # OpenAI's own bodies nest 5 deep (tools' JSON schemas a little more)
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:
+    """The body as a JSON object of finite numbers nested at most MAX_JSON_DEPTH deep, else BadRequest."""
     try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise BadRequest(f"request body is not valid JSON: {exc}", code="invalid_json") from None
+        body = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, huge ints are ValueErrors
+        raise BadRequest(f"request body is not valid JSON: {str(exc)[:200]}", code="invalid_json") from None
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object", code="invalid_json")
+    if _depth(body) > MAX_JSON_DEPTH:
+        raise BadRequest(f"request body nests deeper than {MAX_JSON_DEPTH} levels", code="invalid_json")
     return body
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of a parsed JSON value, without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return deepest
 
 
 def validate_completion(body: dict[str, Any]) -> None:
@@ -75,6 +102,13 @@ def _check_common(body: dict[str, Any]) -> None:
             raise BadRequest(f"'{name}' must be a number", param=name)
     if "stream" in body and not isinstance(body["stream"], bool):
         raise BadRequest("'stream' must be a boolean", param="stream")
+    for name in ("stream_options", "logit_bias", "response_format"):
+        if body.get(name) is not None and not isinstance(body[name], dict):
+            raise BadRequest(f"'{name}' must be an object", param=name)
+    stop = body.get("stop")
+    if stop is not None and not isinstance(stop, str) and not (
+            isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
+        raise BadRequest("'stop' must be a string or a list of strings", param="stop")
     if body.get("n", 1) != 1:
         raise BadRequest("'n' > 1 is not supported: send n separate requests", param="n")
     if "kv_transfer_params" in body:

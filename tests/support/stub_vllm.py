@@ -4,6 +4,11 @@ A prefill stub answers a request carrying `kv_transfer_params.do_remote_decode` 
 `kv_transfer_params` naming its blocks. A decode stub checks that it got those params (recording the
 "pull") and generates deterministic tokens. Prompts containing magic words make it fail on purpose:
 `FAIL500` (HTTP 500), `CUTSTREAM` (the stream ends without [DONE]), `NOKV` (prefill omits kv params).
+
+Per stub, tests can also set on its `StubState`: `fail_status` (answer every generation request with
+that HTTP status), `hold` (keep requests waiting until it is cleared) and `token_delay_s` (a pause
+between streamed tokens); and read `active` (requests in progress), `aborted` (requests whose client
+went away before the answer was complete) and `calls`. A body vLLM would reject gets a 400, as vLLM does.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"]
+MAX_TOKENS = 512  # a stub answer is never longer, whatever max_tokens says
 
 
 @dataclass
@@ -27,6 +33,11 @@ class StubState:
     calls: list[dict[str, Any]] = field(default_factory=list)
     pulled: list[dict[str, Any]] = field(default_factory=list)
     healthy: bool = True
+    fail_status: int | None = None
+    hold: bool = False
+    token_delay_s: float = 0.0
+    active: int = 0
+    aborted: int = 0
 
 
 def _prompt_text(body: dict[str, Any]) -> str:
@@ -36,7 +47,7 @@ def _prompt_text(body: dict[str, Any]) -> str:
 
 
 def expected_tokens(body: dict[str, Any]) -> list[str]:
-    n = body.get("max_tokens") or body.get("max_completion_tokens") or 16
+    n = min(MAX_TOKENS, body.get("max_tokens") or body.get("max_completion_tokens") or 16)
     seed = len(_prompt_text(body))
     return [f" {WORDS[(seed + i) % len(WORDS)]}" for i in range(n)]
 
@@ -55,18 +66,61 @@ def create_stub(role: str, engine_id: str = "stub-engine") -> tuple[FastAPI, Stu
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Any:
-        return await _handle(state, await request.json(), chat=False)
+        return await _guarded(state, request, chat=False)
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Any:
-        return await _handle(state, await request.json(), chat=True)
+        return await _guarded(state, request, chat=True)
 
     return app, state
 
 
-async def _handle(state: StubState, body: dict[str, Any], chat: bool) -> Any:
+async def _guarded(state: StubState, request: Request, chat: bool) -> Any:
+    """Count the request as active until its answer is complete; hold it while `state.hold`."""
+    body = await request.json()
     state.calls.append(body)
+    state.active += 1
+    try:
+        answer = await _wait_while_held(state, request) or await _handle(state, body, chat)
+    except (TypeError, AttributeError, ValueError, KeyError) as exc:
+        answer = JSONResponse({"error": {"message": f"invalid request: {exc}", "type": "BadRequestError",
+                                         "param": None, "code": 400}}, status_code=400)
+    except BaseException:
+        state.active -= 1
+        raise
+    if isinstance(answer, StreamingResponse):
+        answer.body_iterator = _tracked(state, answer.body_iterator)
+    else:
+        state.active -= 1
+    return answer
+
+
+async def _wait_while_held(state: StubState, request: Request) -> JSONResponse | None:
+    """None once `state.hold` is cleared; a 499 (and one more `aborted`) if the client goes away first."""
+    while state.hold:
+        if await request.is_disconnected():
+            state.aborted += 1
+            return JSONResponse({}, status_code=499)
+        await asyncio.sleep(0.01)
+    return None
+
+
+async def _tracked(state: StubState, chunks: Any):
+    finished = False
+    try:
+        async for chunk in chunks:
+            yield chunk
+        finished = True
+    finally:
+        state.active -= 1
+        state.aborted += not finished
+
+
+async def _handle(state: StubState, body: dict[str, Any], chat: bool) -> Any:
     text = _prompt_text(body)
+    if state.fail_status is not None:
+        return JSONResponse({"error": {"message": f"stub failing with {state.fail_status}",
+                                       "type": "InternalServerError"}}, status_code=state.fail_status)
     if "FAIL500" in text:
         return JSONResponse({"error": {"message": "engine crashed", "type": "InternalServerError"}}, status_code=500)
     if body.get("model") != "stub-model":
@@ -79,7 +133,8 @@ async def _handle(state: StubState, body: dict[str, Any], chat: bool) -> Any:
         state.pulled.append(params)
     tokens = expected_tokens(body)
     if body.get("stream"):
-        return StreamingResponse(_stream(tokens, chat, body, cut="CUTSTREAM" in text), media_type="text/event-stream")
+        stream = _stream(tokens, chat, body, cut="CUTSTREAM" in text, delay_s=state.token_delay_s)
+        return StreamingResponse(stream, media_type="text/event-stream")
     return _unary(tokens, chat, len(text.split()))
 
 
@@ -104,13 +159,13 @@ def _unary(tokens: list[str], chat: bool, prompt_tokens: int) -> JSONResponse:
                          "created": int(time.time()), "model": "stub-model", "choices": [choice], "usage": usage})
 
 
-async def _stream(tokens: list[str], chat: bool, body: dict[str, Any], cut: bool):
+async def _stream(tokens: list[str], chat: bool, body: dict[str, Any], cut: bool, delay_s: float):
     for i, token in enumerate(tokens):
         if cut and i == 2:
             return
         delta = {"index": 0, "delta": {"content": token}} if chat else {"index": 0, "text": token}
         yield f"data: {json.dumps({'id': 'stub-1', 'model': 'stub-model', 'choices': [delta]})}\n\n"
-        await asyncio.sleep(0)
+        await asyncio.sleep(delay_s)
     if (body.get("stream_options") or {}).get("include_usage"):
         usage = {"prompt_tokens": 3, "completion_tokens": len(tokens), "total_tokens": 3 + len(tokens)}
         yield f"data: {json.dumps({'id': 'stub-1', 'choices': [], 'usage': usage})}\n\n"

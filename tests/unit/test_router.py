@@ -11,6 +11,7 @@ import pytest
 
 from router.app import create_app
 from router.config import RouterConfig
+from tests.support.stub_cluster import stub_cluster
 from tests.support.stub_vllm import create_stub, expected_tokens
 from tests.support.threaded_server import serve
 
@@ -72,12 +73,13 @@ def test_stream_cut_by_decode_node_becomes_error_event_then_done(cluster):
 
 
 @pytest.mark.parametrize("prompt,status,code", [("FAIL500", 502, "prefill_http_500"), ("NOKV", 502, "prefill_protocol")])
-def test_prefill_failures_are_explicit_502s(cluster, prompt, status, code):
-    url, _, decode = cluster
-    resp = httpx.post(f"{url}/v1/completions", json=_completion(prompt=prompt), timeout=10)
-    assert resp.status_code == status
-    assert resp.json()["error"]["code"] == code
-    assert not decode.calls, "decode must not run after a failed prefill"
+def test_prefill_failures_are_explicit_502s_without_fallback(prompt, status, code):
+    with stub_cluster(colocated_fallback=False) as c:
+        resp = httpx.post(f"{c.url}/v1/completions", json=_completion(prompt=prompt), timeout=10)
+        assert resp.status_code == status
+        assert resp.json()["error"]["code"] == code
+        assert not c.decodes[0].calls, "decode must not run after a failed prefill"
+        assert c.metric(f'disagg_router_failures_total{{reason="{code}"}}') == 1
 
 
 def test_unknown_model_is_relayed_as_404_in_openai_shape(cluster):

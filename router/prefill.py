@@ -1,0 +1,78 @@
+"""The prefill step of a disaggregated request: retry on another prefill node, else colocated fallback.
+
+Each healthy prefill node is tried at most once, round robin. A node that fails (refused or broken
+connection, a 5xx, an answer without `kv_transfer_params`) is reported, counted, and the next one is
+tried (counted in `disagg_router_retries_total{reason}`). When none succeeds and `colocated_fallback` is
+on, the decode node gets the client's request as it came and prefills it itself: logged, and counted in
+`disagg_router_fallbacks_total{reason}`; when it is off, the last failure is the request's answer. A 4xx is
+about the client's request and a timeout means the deadline is spent: both end the request, no retry.
+Nothing has been sent to the client yet, so a retry can never duplicate output.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import httpx
+
+from disagg.errors import NoNodeAvailable, UpstreamError
+from disagg.messages import RequestTiming
+from router import protocol
+from router.config import RouterConfig
+from router.metrics import RouterMetrics
+from router.registry import Node, NodeRegistry
+from router.upstream import NodeFailure, post_json
+
+log = logging.getLogger("router.requests")
+
+
+class PrefillStep:
+    def __init__(self, config: RouterConfig, registry: NodeRegistry, client: httpx.AsyncClient,
+                 metrics: RouterMetrics) -> None:
+        self.config, self.registry, self.client, self.metrics = config, registry, client, metrics
+
+    async def run(self, body: dict[str, Any], endpoint: str, timing: RequestTiming,
+                  headers: dict[str, str]) -> tuple[dict[str, Any], str | None]:
+        """(the decode node's body, None) after a prefill; (the client's body, reason) on fallback."""
+        tried: set[str] = set()
+        last: UpstreamError | None = None
+        while True:
+            try:
+                node = self.registry.pick("prefill", frozenset(tried))
+            except NoNodeAvailable as exc:
+                return self._fall_back(body, timing, last, exc)
+            tried.add(node.url)
+            if last is not None:
+                self.metrics.retries.labels(last.code or last.error_type).inc()
+            try:
+                return await self._on(node, body, endpoint, timing, headers), None
+            except UpstreamError as exc:
+                last = exc
+                log.warning("request %s: prefill on %s failed: %s", timing.request_id, node.url, exc.message)
+
+    async def _on(self, node: Node, body: dict[str, Any], endpoint: str, timing: RequestTiming,
+                  headers: dict[str, str]) -> dict[str, Any]:
+        started_s = time.monotonic()
+        try:
+            data = await post_json(self.client, "prefill", node.vllm_url + protocol.PATHS[endpoint],
+                                   protocol.prefill_request(body), headers)
+        except NodeFailure as exc:
+            self.registry.mark_failed(node, exc.message)
+            raise
+        params = protocol.kv_transfer_params(data)
+        timing.prefill_s = time.monotonic() - started_s
+        timing.prompt_tokens = protocol.prompt_tokens(data)
+        return protocol.decode_request(body, params)
+
+    def _fall_back(self, body: dict[str, Any], timing: RequestTiming, last: UpstreamError | None,
+                   none_left: NoNodeAvailable) -> tuple[dict[str, Any], str]:
+        """(the client's body, why) for the decode node to serve alone; raises when fallback is off."""
+        if not self.config.colocated_fallback:
+            raise last or none_left
+        reason = (last.code if last else none_left.code) or "unknown"
+        self.metrics.fallbacks.labels(reason).inc()
+        log.warning("request %s: no prefill node could serve (%s); the decode node prefills it (colocated "
+                    "fallback)", timing.request_id, last.message if last else none_left.message)
+        return body, reason

@@ -1,0 +1,132 @@
+"""Relaying a decode node's SSE stream to the client, line by line, until `[DONE]`.
+
+A failure after streaming began (the node's connection breaks, it closes before `[DONE]`, the request
+runs past its deadline) becomes an SSE `error` event in OpenAI's shape followed by `data: [DONE]`, never
+a silent cut. If the client goes away, the generator is cancelled or closed: its `finally` closes the
+upstream stream (vLLM aborts a request whose client disconnects) and releases the request's slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from contextlib import AsyncExitStack
+from typing import AsyncIterator, Callable
+
+import anyio
+import httpx
+from fastapi.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from disagg.errors import DeadlineExceeded, DisaggError, UpstreamError
+from disagg.messages import RequestTiming
+from router.metrics import RouterMetrics
+from router.upstream import error_from_exception
+
+log = logging.getLogger("router.requests")
+DONE = b"data: [DONE]\n\n"
+
+
+class StreamRelay:
+    """One streamed answer: `lines()` is the body of the client's StreamingResponse."""
+
+    def __init__(self, resp: httpx.Response, scope: AsyncExitStack, timing: RequestTiming, deadline_s: float,
+                 metrics: RouterMetrics, finish: Callable[[RequestTiming, str], None]) -> None:
+        self.resp, self.scope, self.timing, self.deadline_s = resp, scope, timing, deadline_s
+        self.metrics, self.finish = metrics, finish
+        self.started_s = time.monotonic()
+        self._last_chunk_s: float | None = None
+        self._closed = False
+
+    def response(self, headers: dict[str, str]) -> StreamingResponse:
+        return _RelayResponse(self, headers)
+
+    async def lines(self) -> AsyncIterator[bytes]:
+        status = "client_disconnected"  # what it stays if the client goes away mid-stream
+        try:
+            done = False
+            upstream = self.resp.aiter_lines()
+            while (line := await self._next_line(upstream)) is not None:
+                done = self._observe(line) or done
+                yield (line + "\n").encode()
+            if not done:
+                raise UpstreamError("decode node closed the stream before [DONE]", code="decode_stream_cut")
+            status = "stream_error" if self.timing.status == "error" else "ok"
+        except (httpx.HTTPError, DisaggError) as exc:
+            err = exc if isinstance(exc, DisaggError) else error_from_exception("decode", exc)
+            status = "stream_error"
+            self.metrics.failures.labels(err.code or err.error_type).inc()
+            log.warning("request %s failed mid-stream: %s", self.timing.request_id, err.message)
+            yield sse_error(err)
+            yield DONE
+        finally:
+            await self.close(status)
+
+    async def close(self, status: str) -> None:
+        """Close the upstream stream, release the slot, count the outcome; only the first call counts."""
+        if self._closed:
+            return
+        self._closed = True
+        self.timing.decode_s = time.monotonic() - self.started_s
+        with anyio.CancelScope(shield=True):  # close upstream even while being cancelled
+            await self.scope.aclose()
+        self.finish(self.timing, status)
+
+    async def _next_line(self, upstream: AsyncIterator[str]) -> str | None:
+        try:
+            async with asyncio.timeout_at(self.deadline_s):
+                return await anext(upstream, None)
+        except TimeoutError:
+            raise DeadlineExceeded("the request ran past its deadline while streaming",
+                                   code="request_timeout") from None
+
+    def _observe(self, line: str) -> bool:
+        """Note first token, inter-token gaps, usage and in-band errors from one SSE line; True at `[DONE]`."""
+        if not line.startswith("data:"):
+            return False
+        payload = line[5:].strip()
+        if payload == "[DONE]":
+            return True
+        now_s = time.monotonic()
+        if self.timing.decode_ttft_s is None:
+            self.timing.decode_ttft_s = now_s - self.started_s
+        if self._last_chunk_s is not None:
+            self.metrics.inter_token_s.labels(self.timing.mode).observe(now_s - self._last_chunk_s)
+        self._last_chunk_s = now_s
+        if '"usage"' in payload or '"error"' in payload:
+            try:
+                chunk = json.loads(payload)
+            except json.JSONDecodeError:
+                return False
+            if isinstance(chunk, dict):
+                note_usage(chunk, self.timing)
+                if chunk.get("error"):
+                    self.timing.status = "error"
+        return False
+
+
+class _RelayResponse(StreamingResponse):
+    """A StreamingResponse that closes its relay even if the body was never iterated (client gone early)."""
+
+    def __init__(self, relay: StreamRelay, headers: dict[str, str]) -> None:
+        super().__init__(relay.lines(), media_type="text/event-stream", headers=headers)
+        self.relay = relay
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.relay.close("client_disconnected")
+
+
+def sse_error(err: DisaggError) -> bytes:
+    return b"event: error\ndata: " + json.dumps(err.to_openai()).encode() + b"\n\n"
+
+
+def note_usage(data: dict, timing: RequestTiming) -> None:
+    usage = data.get("usage")
+    if isinstance(usage, dict):
+        timing.prompt_tokens = usage.get("prompt_tokens", timing.prompt_tokens)
+        timing.completion_tokens = usage.get("completion_tokens", timing.completion_tokens)
