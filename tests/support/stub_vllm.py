@@ -6,7 +6,7 @@ A prefill stub answers a request carrying `kv_transfer_params.do_remote_decode` 
 `FAIL500` (HTTP 500), `CUTSTREAM` (the stream ends without [DONE]), `NOKV` (prefill omits kv params).
 
 Per stub, tests can also set on its `StubState`: `fail_status` (answer every generation request with
-that HTTP status), `hold` (keep requests waiting until it is cleared) and `token_delay_s` (a pause
+that HTTP status), `info` (a NodeInfo to serve at /info), `hold` (keep requests waiting until it is cleared) and `token_delay_s` (a pause
 between streamed tokens); and read `active` (requests in progress), `aborted` (requests whose client
 went away before the answer was complete) and `calls`. A body vLLM would reject gets a 400, as vLLM does.
 """
@@ -38,6 +38,7 @@ class StubState:
     token_delay_s: float = 0.0
     active: int = 0
     aborted: int = 0
+    info: dict[str, Any] | None = None  # served at /info (a disagg node supervisor's NodeInfo); None: 404
 
 
 def _prompt_text(body: dict[str, Any]) -> str:
@@ -59,6 +60,10 @@ def create_stub(role: str, engine_id: str = "stub-engine") -> tuple[FastAPI, Stu
     @app.get("/health")
     async def health() -> JSONResponse:
         return JSONResponse({}, status_code=200 if state.healthy else 503)
+
+    @app.get("/info")
+    async def info() -> JSONResponse:
+        return JSONResponse(state.info or {}, status_code=200 if state.info else 404)
 
     @app.get("/v1/models")
     async def models() -> dict:
