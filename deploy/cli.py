@@ -21,12 +21,21 @@ SAMPLE_PROMPT = "In one sentence, what is disaggregated prefill/decode serving?"
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("up", help="start a cluster: --local runs prefill, decode and router on this host",
+    p = sub.add_parser("up", help="start a cluster: from a cluster file (over ssh), or --local on this host",
                        description=(
-                           "Start a cluster and keep it running until Ctrl-C (or SIGTERM); if any process "
-                           "dies, everything is stopped. --local runs every component on this host, "
-                           "binding the two vLLM servers to different CPU cores."))
-    p.add_argument("--local", action="store_true", required=True, help="run every component on this host")
+                           "With a cluster FILE (TOML, see deploy/examples/): check every host, start the prefill "
+                           "node, the decode node and the router on their hosts (over ssh, or directly for this "
+                           "machine), wait until all are healthy, print the endpoint and return; components "
+                           "already running are not started again; if any fails to come up, what was started "
+                           "is stopped. Stop it with `disagg down FILE`. "
+                           "With --local: run every component on this host and keep it running until Ctrl-C "
+                           "(or SIGTERM); if any process dies, everything is stopped; the two vLLM servers are "
+                           "bound to different CPU cores. The options below, except --install, are for --local."))
+    p.add_argument("file", nargs="?", type=Path, help="cluster file (TOML); omit with --local")
+    p.add_argument("--install", action="store_true",
+                   help="with FILE: first install this disagg source and the right vLLM on every host "
+                   "(deploy/install.sh there)")
+    p.add_argument("--local", action="store_true", help="run every component on this host")
     p.add_argument("--mode", choices=["disagg", "colocated"], default="disagg",
                    help="disagg: prefill node + decode node; colocated: one node (the baseline) (default: disagg)")
     p.add_argument("--model", help=f"local Hugging Face model folder (default: {model.default_model_dir()})")
@@ -52,9 +61,28 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ready-timeout-s", type=float, default=600.0, help="give up starting after this (default: 600)")
     p.add_argument("--demo", action="store_true", help="once up, send a sample chat request and print the answer")
     p.set_defaults(func=run_up)
+    add_cluster_parsers(sub)
+
+
+def add_cluster_parsers(sub: argparse._SubParsersAction) -> None:
+    """`down`, `status`, `logs` (cluster files) and `host` (what they run on each host)."""
+    from deploy import cluster_cli, host_agent
+
+    cluster_cli.add_parsers(sub)
+    host_agent.add_parsers(sub)
 
 
 def run_up(args: argparse.Namespace) -> int:
+    if (args.file is None) == (not args.local):
+        raise ConfigError("disagg up: give a cluster FILE or --local (one of them)")
+    if args.file is not None:
+        from deploy import cluster_cli
+
+        return cluster_cli.run_up_file(args)
+    return _run_up_local(args)
+
+
+def _run_up_local(args: argparse.Namespace) -> int:
     config = local.LocalClusterConfig(
         model_dir=model.resolve_model(args.model), mode=args.mode, transport=args.transport,
         router_port=args.port, baseline_port=args.baseline_port, prefill_port=args.prefill_port,

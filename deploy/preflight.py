@@ -1,0 +1,101 @@
+"""Checks before `disagg up FILE` starts anything: every host answers, runs the same disagg as this
+machine, node hosts have a supported vLLM (the same on both) and the model folder, every address is the
+host's own and every port is free. All problems are collected and reported together, each naming its
+host; components already running (a second `up`) are reported as such, and their ports are not busy."""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from importlib import metadata
+
+from deploy.cluster_file import ClusterSpec
+from deploy.cluster_plan import Component
+from deploy.host_agent import source_fingerprint
+from deploy.remote import Host, HostError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Preflight:
+    problems: list[str] = field(default_factory=list)
+    running: dict[str, int] = field(default_factory=dict)  # component name -> pid
+
+
+def check(spec: ClusterSpec, hosts: dict[str, Host], components: list[Component]) -> Preflight:
+    """Ask every host at once; return what is wrong and what already runs."""
+    by_host: dict[str, list[Component]] = {}
+    for component in components:
+        by_host.setdefault(component.host, []).append(component)
+    result = Preflight()
+    with ThreadPoolExecutor(max_workers=len(by_host)) as pool:
+        futures = {name: pool.submit(_ask, spec, hosts[name], comps) for name, comps in by_host.items()}
+    reports = {}
+    for name, future in futures.items():
+        try:
+            reports[name] = future.result()
+        except HostError as exc:
+            result.problems.append(str(exc))
+    for name, report in reports.items():
+        result.running.update(report["running"])
+        result.problems += _problems(spec, hosts[name], by_host[name], report)
+    result.problems += _vllm_mismatch(spec, reports)
+    return result
+
+
+def _ask(spec: ClusterSpec, host: Host, components: list[Component]) -> dict:
+    args = ["check", "--run-dir", spec.cluster_run_dir]
+    addresses = {address for c in components for address, _, _ in c.binds} - {"0.0.0.0", "::"}
+    for address in sorted(addresses):
+        args += ["--address", address]
+    for c in components:
+        args += ["--name", c.name] + [f"--port={address}:{port}" for address, port, _ in c.binds]
+    if any(c.is_node for c in components):
+        args += ["--engine", "--model", spec.model]
+    return host.agent(args, timeout_s=spec.ssh.connect_timeout_s + 60)
+
+
+def _problems(spec: ClusterSpec, host: Host, components: list[Component], report: dict) -> list[str]:
+    where, problems = host.where, []
+    mine = (metadata.version("disagg"), source_fingerprint())
+    theirs = (report["disagg"], report["source"])
+    if theirs != mine:
+        problems.append(f"{where}: disagg {theirs[0]} (source {theirs[1]}) differs from this machine's "
+                        f"{mine[0]} (source {mine[1]}); install the same disagg on every host "
+                        "(`disagg up FILE --install`)")
+    if any(c.is_node for c in components):
+        problems += _engine_problems(where, report)
+    for address, problem in report["addresses"].items():
+        if problem:
+            problems.append(f"{where}: {problem}")
+    busy = set(report["busy_ports"])
+    for c in components:
+        if c.name in report["running"]:
+            continue
+        for address, port, field_name in c.binds:
+            if f"{address}:{port}" in busy:
+                problems.append(f"{where}: port {port} on {address} ({field_name}) is already in use")
+    return problems
+
+
+def _engine_problems(where: str, report: dict) -> list[str]:
+    if report["vllm"] is None:
+        return [f"{where}: vLLM is not installed (disagg needs vllm {report['vllm_range']}: run deploy/install.sh "
+                "there, or `disagg up FILE --install`)"]
+    problems = []
+    if report["vllm_supported"] is False:
+        problems.append(f"{where}: vLLM {report['vllm']} is outside the range disagg supports ({report['vllm_range']})")
+    model = report.get("model")
+    if model and not model["ok"]:
+        problems.append(f"{where}: model folder {model['path']} not found (no config.json there)")
+    return problems
+
+
+def _vllm_mismatch(spec: ClusterSpec, reports: dict[str, dict]) -> list[str]:
+    versions = {role: reports.get(getattr(spec, role).host, {}).get("vllm") for role in ("prefill", "decode")}
+    if None in versions.values() or versions["prefill"] == versions["decode"]:
+        return []
+    return [f"vLLM differs between the nodes: {spec.prefill.host} has {versions['prefill']}, "
+            f"{spec.decode.host} has {versions['decode']} (the KV connector API changes between releases)"]

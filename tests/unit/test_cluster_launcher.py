@@ -1,0 +1,126 @@
+"""The cluster launcher without vLLM: `disagg host start/status/stop` on real processes (no duplicates,
+nothing left behind), and pre-flight checks that fail before anything starts, naming host and problem."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from deploy import cluster_file
+from deploy.cluster import Cluster, up
+from deploy.host_agent import _start_ticks
+from deploy.remote import Host, HostError
+from disagg.errors import ConfigError
+from tests.support.threaded_server import free_port
+
+
+def agent(*args: str) -> dict:
+    out = subprocess.run([sys.executable, "-m", "disagg", "host", *args], capture_output=True, check=True, timeout=60)
+    return json.loads(out.stdout.decode().strip().splitlines()[-1])
+
+
+@pytest.mark.timeout(120)
+def test_agent_starts_once_and_stops_everything(tmp_path):
+    port = free_port()
+    run_dir = str(tmp_path / "run")
+    router = ["router", "--decode", "http://127.0.0.1:9", "--mode", "colocated", "--port", str(port)]
+    first = agent("start", "--run-dir", run_dir, "--name", "router", "--", *router)
+    assert first["started"] and first["pid"] > 0
+    try:
+        again = agent("start", "--run-dir", run_dir, "--name", "router", "--", *router)
+        assert again == {"pid": first["pid"], "started": False, "log": first["log"]}
+        assert agent("status", "--run-dir", run_dir, "--name", "router")["components"]["router"]["pid"] == first["pid"]
+        _wait_listening(port)
+    finally:
+        stopped = agent("stop", "--run-dir", run_dir, "--name", "router", "--grace-s", "10")
+    assert stopped["stopped"] and stopped["left"] == []
+    assert _start_ticks(first["pid"]) is None
+    assert agent("status", "--run-dir", run_dir, "--name", "router")["components"]["router"]["pid"] is None
+    assert "disagg router" in Path(first["log"]).read_text()
+
+
+def test_agent_reports_a_component_that_dies_at_once(tmp_path):
+    answer = agent("start", "--run-dir", str(tmp_path), "--name", "router", "--", "router", "--port", "not-a-port")
+    assert answer["started"] is False and answer["exit_code"] == 2 and "invalid int value" in answer["log_tail"]
+
+
+def _wait_listening(port: int) -> None:
+    for _ in range(100):
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
+            return
+        except httpx.HTTPError:
+            import time
+
+            time.sleep(0.1)
+    raise AssertionError("router never listened")
+
+
+def local_spec(tmp_path: Path, model: Path, prefill_port: int, kv_address: str = "127.0.0.1") -> Cluster:
+    text = f"""
+name = "unit"
+model = "{model}"
+run_dir = "{tmp_path / 'run'}"
+[hosts.a]
+address = "127.0.0.1"
+kv_address = "{kv_address}"
+local = true
+[hosts.b]
+address = "127.0.0.1"
+local = true
+[prefill]
+host = "a"
+port = {prefill_port}
+info_port = {free_port()}
+kv_port = {free_port()}
+[decode]
+host = "b"
+port = {free_port()}
+info_port = {free_port()}
+kv_port = {free_port()}
+[router]
+port = {free_port()}
+"""
+    path = tmp_path / "cluster.toml"
+    path.write_text(text)
+    return Cluster.of(cluster_file.load(path))
+
+
+@pytest.fixture()
+def model_dir(tmp_path: Path) -> Path:
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    return model
+
+
+def test_busy_port_bad_address_and_missing_model_fail_before_anything_starts(tmp_path, model_dir):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        shutil.rmtree(model_dir)
+        cluster = local_spec(tmp_path, model_dir, port, kv_address="10.255.255.1")
+        with pytest.raises(ConfigError) as info:
+            up(cluster)
+    message = str(info.value)
+    assert "nothing was started" in message
+    assert f"a (this machine): port {port} on 127.0.0.1 (prefill.port) is already in use" in message
+    assert "a (this machine): 10.255.255.1 is not an address of this host" in message
+    assert f"model folder {model_dir} not found" in message
+    assert not list((tmp_path / "run").glob("*.pid"))
+
+
+@pytest.mark.skipif(shutil.which("ssh") is None, reason="no ssh client on this host")
+def test_unreachable_host_is_named():
+    host = Host(name="spark-09", address="127.0.0.1",
+                ssh_argv=("ssh", "-p", "1", "-o", "BatchMode=yes", "-o", "ConnectTimeout=3", "root@127.0.0.1"))
+    with pytest.raises(HostError, match=r"spark-09 \(root@127.0.0.1\): unreachable over ssh: .*refused"):
+        host.agent(["check"])
