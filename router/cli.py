@@ -24,7 +24,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mode", choices=["disagg", "colocated"], default="disagg",
                    help="disagg: prefill node -> decode node; colocated: decode node alone (default: disagg)")
     p.add_argument("--prefill", action="append", default=[], metavar="URL",
-                   help="prefill node URL, e.g. http://127.0.0.1:8101 (repeatable: a failed prefill is retried on another)")
+                   help="prefill node URL, e.g. http://127.0.0.1:8101 (repeatable: a failed prefill is "
+                        "retried on another)")
     p.add_argument("--decode", action="append", default=[], metavar="URL",
                    help="decode node URL, e.g. http://127.0.0.1:8201 (repeatable)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
@@ -35,6 +36,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                         "(default: 600)")
     p.add_argument("--health-interval-s", type=float, default=2.0,
                    help="seconds between node health checks (default: 2)")
+    _add_limit_options(p)
+    p.set_defaults(func=run)
+
+
+def _add_limit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024,
                    help="largest request body accepted, else 413, refused before it is read "
                         "(default: 4 MiB, about 500k prompt tokens as JSON token ids)")
@@ -50,7 +56,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="require 'Authorization: Bearer KEY' on /v1 routes (default: $DISAGG_API_KEY; "
                         "none: no key needed). Prefer the environment variable: a command line is visible "
                         "to every user of the host")
-    p.set_defaults(func=run)
 
 
 def config_from_args(args: argparse.Namespace) -> RouterConfig:

@@ -57,7 +57,9 @@ def test_with_every_prefill_node_down_the_decode_node_serves_colocated_and_it_is
         assert resp.status_code == 200, resp.text
         assert "kv_transfer_params" not in c.decodes[0].calls[0] and not c.decodes[0].pulled
         assert c.metric('disagg_router_fallbacks_total{reason="prefill_http_503"}') == 1
-        _ok(c.url)  # the prefill node is down now: served colocated again, for another reason
+        c.prefills[0].healthy = False  # now its health checks fail too: it stays down
+        assert wait_for(lambda: httpx.get(f"{c.url}/health").status_code == 503)
+        _ok(c.url)  # served colocated again, for another reason, without trying the prefill node
         assert c.metric('disagg_router_fallbacks_total{reason="no_prefill_node"}') == 1
         assert len(c.prefills[0].calls) == 1
 

@@ -124,7 +124,7 @@ def test_past_its_deadline_a_request_gets_504_and_its_node_call_is_cancelled():
 
 
 def test_a_stream_past_its_deadline_ends_with_an_error_event_then_done():
-    with stub_cluster(request_timeout_s=1.0) as c:
+    with stub_cluster(request_timeout_s=2.0) as c:
         c.decodes[0].token_delay_s = 0.2
         with httpx.stream("POST", f"{c.url}/v1/completions", json=completion(max_tokens=50, stream=True),
                           timeout=10) as resp:
