@@ -119,8 +119,15 @@ def _healthy(client: httpx.Client, url: str) -> bool:
 
 
 def _raise_if_dead(cluster: Cluster, components: list[Component]) -> None:
+    """One `disagg host status` per host for all its components."""
+    pids: dict[str, int | None] = {}
+    for host_name in {c.host for c in components}:
+        names = [arg for c in components if c.host == host_name for arg in ("--name", c.name)]
+        answer = cluster.hosts[host_name].agent(["status", "--run-dir", cluster.spec.cluster_run_dir, *names],
+                                                timeout_s=cluster.spec.ssh.connect_timeout_s + 60)
+        pids.update({name: row["pid"] for name, row in answer["components"].items()})
     for component in components:
-        if cluster.agent(component, "status")["components"][component.name]["pid"] is None:
+        if pids.get(component.name) is None:
             raise ClusterFailed(f"{component.name} on {cluster.host(component).where} exited while starting; "
                                 f"last lines of its log:\n{log_tail(cluster, component)}")
 
