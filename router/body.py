@@ -8,8 +8,9 @@ arrives and refused as soon as it passes the limit, so an oversized body is neve
 from __future__ import annotations
 
 from fastapi import Request
+from starlette.requests import ClientDisconnect
 
-from disagg.errors import PayloadTooLarge, UnsupportedMediaType
+from disagg.errors import ClientDisconnected, PayloadTooLarge, UnsupportedMediaType
 
 
 async def read_body(request: Request, max_body_bytes: int) -> bytes:
@@ -19,12 +20,15 @@ async def read_body(request: Request, max_body_bytes: int) -> bytes:
         raise PayloadTooLarge(f"request body of {declared} bytes is over the limit of {max_body_bytes}",
                               code="body_too_large")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_body_bytes:
-            raise PayloadTooLarge(f"request body is over the limit of {max_body_bytes} bytes",
-                                  code="body_too_large")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_body_bytes:
+                raise PayloadTooLarge(f"request body is over the limit of {max_body_bytes} bytes",
+                                      code="body_too_large")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ClientDisconnected("the client went away while sending its body", code="client_disconnected") from None
     return b"".join(chunks)
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.requests import ClientDisconnect
 
 WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"]
 MAX_TOKENS = 512  # a stub answer is never longer, whatever max_tokens says
@@ -82,7 +83,10 @@ def create_stub(role: str, engine_id: str = "stub-engine") -> tuple[FastAPI, Stu
 
 async def _guarded(state: StubState, request: Request, chat: bool) -> Any:
     """Count the request as active until its answer is complete; hold it while `state.hold`."""
-    body = await request.json()
+    try:
+        body = await request.json()
+    except ClientDisconnect:  # the router cancelled the call while sending it
+        return JSONResponse({}, status_code=499)
     state.calls.append(body)
     state.active += 1
     try:

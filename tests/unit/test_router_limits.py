@@ -190,3 +190,17 @@ def test_lone_surrogates_in_a_prompt_reach_the_node_escaped_not_as_a_crash():
         resp = httpx.post(f"{c.url}/v1/completions", content=raw, headers={"content-type": "application/json"},
                           timeout=10)
         assert resp.status_code < 500, resp.text
+
+
+def test_a_client_gone_while_sending_its_body_is_counted_not_an_error():
+    import socket
+
+    with stub_cluster() as c:
+        host, port = c.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port))) as sock:
+            sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 1000\r\n\r\n{\"model\": ")
+            assert wait_for(lambda: c.metric("disagg_router_requests_in_flight") == 1)
+        assert wait_for(lambda: c.metric(
+            'disagg_router_requests_total{endpoint="completions",mode="disagg",status="client_disconnected"}') == 1)
+        assert c.metric("disagg_router_requests_in_flight") == 0 and not c.prefills[0].calls
