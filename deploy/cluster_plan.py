@@ -15,7 +15,7 @@ class Component:
     name: str  # prefill | decode | router | baseline
     host: str  # a host name in the file, or "local"
     args: tuple[str, ...]  # `disagg` arguments
-    address: str  # where it listens for HTTP
+    address: str  # where the launching machine reaches its HTTP server
     binds: tuple[tuple[str, int, str], ...]  # (address, port, the cluster-file field that set the port)
     health_port: int
 
@@ -33,16 +33,16 @@ def plan(spec: ClusterSpec) -> list[Component]:
     prefill, decode = _node(spec, "prefill"), _node(spec, "decode")
     prefill_url = f"http://{_url_host(prefill.address)}:{spec.prefill.info_port}"
     decode_url = f"http://{_url_host(decode.address)}:{spec.decode.info_port}"
-    bind = router_address(spec)
+    bind, reach = router_address(spec), _router_reach(spec)
     components = [prefill, decode, Component(
-        name="router", host=spec.router.host, address=bind, binds=((bind, spec.router.port, "router.port"),),
+        name="router", host=spec.router.host, address=reach, binds=((bind, spec.router.port, "router.port"),),
         health_port=spec.router.port,
         args=("router", "--mode", "disagg", "--prefill", prefill_url, "--decode", decode_url,
               "--host", bind, "--port", str(spec.router.port)))]
     if spec.router.baseline_port is not None:
         port = spec.router.baseline_port
         components.append(Component(
-            name="baseline", host=spec.router.host, address=bind, binds=((bind, port, "router.baseline_port"),),
+            name="baseline", host=spec.router.host, address=reach, binds=((bind, port, "router.baseline_port"),),
             health_port=port,
             args=("router", "--mode", "colocated", "--decode", decode_url, "--host", bind, "--port", str(port))))
     return components
@@ -54,12 +54,17 @@ def router_address(spec: ClusterSpec) -> str:
     return "127.0.0.1" if spec.router.host == LOCAL else spec.hosts[spec.router.host].address
 
 
-def endpoint(spec: ClusterSpec, port: int | None = None) -> str:
-    """The router's URL as clients on the launching machine reach it."""
+def _router_reach(spec: ClusterSpec) -> str:
+    """Where the launching machine reaches the router (not 0.0.0.0 when it binds every interface)."""
     address = router_address(spec)
     if address in ("0.0.0.0", "::"):
         address = "127.0.0.1" if spec.router.host == LOCAL else spec.hosts[spec.router.host].address
-    return f"http://{_url_host(address)}:{port or spec.router.port}"
+    return address
+
+
+def endpoint(spec: ClusterSpec, port: int | None = None) -> str:
+    """The router's URL as clients on the launching machine reach it."""
+    return f"http://{_url_host(_router_reach(spec))}:{port or spec.router.port}"
 
 
 def _node(spec: ClusterSpec, role: str) -> Component:

@@ -126,7 +126,7 @@ def test_tcp_across_namespaces_equals_colocated_and_crosses_the_link(two_hosts, 
 
 
 @pytest.mark.timeout(120)
-def test_second_up_starts_no_duplicates(two_hosts):
+def test_second_up_starts_no_duplicates_and_logs_come_from_the_host(two_hosts):
     current = two_hosts.get("tcp")
     before = disagg("status", str(current.file))
     again = disagg("up", str(current.file), timeout_s=100)
@@ -134,6 +134,9 @@ def test_second_up_starts_no_duplicates(two_hosts):
     assert again.returncode == 0, again.stderr
     assert "already running" in again.stdout
     assert after.returncode == before.returncode == 0 and after.stdout == before.stdout  # same pids, all healthy
+    logs = disagg("logs", str(current.file), "prefill", "--lines", "100000")  # read over ssh in spark-01
+    assert logs.returncode == 0 and "disagg prefill --model" in logs.stdout
+    assert "prefill vLLM server ready" in logs.stdout
 
 
 def _pull_seconds(cluster, prompt: str, num_requests: int) -> tuple[float, float]:

@@ -127,3 +127,11 @@ def test_ssh_command_carries_user_port_key_and_options(tmp_path):
     assert hosts["local"].is_local and not hosts["spark-01"].is_local
     assert hosts["spark-01"].command(["disagg", "host", "check", "--model", "~/m x"])[-1] == \
         "disagg host check --model '~/m x'"
+
+
+def test_a_router_on_every_interface_is_checked_on_its_hosts_address():
+    spec = cluster_file.load(EXAMPLES / "spark-pair.toml")
+    router = cluster_plan.plan(spec)[2]
+    assert router.binds[0][:2] == ("0.0.0.0", 8000) and router.host == "spark-01"
+    assert router.health_url == "http://192.168.1.101:8000/health"
+    assert cluster_plan.endpoint(spec) == "http://192.168.1.101:8000"

