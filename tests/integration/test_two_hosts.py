@@ -3,7 +3,8 @@ started over ssh, the routers here. Greedy output equals the colocated baseline 
 `tcp` and over `nixl` (UCX kept on TCP so that it cannot use shared memory between the namespaces); the
 KV bytes crossed the veth link between the namespaces; with the link rate-limited, the transfer time per
 request follows the bandwidth; a second `up` starts nothing; `disagg down` leaves no process behind.
-A cluster file with an unreachable host, a busy port or a bad field fails fast and starts nothing.
+A cluster file with an unreachable host, a busy port, a bad field or a host without disagg fails fast
+and starts nothing.
 Skipped (with the reason) only where network namespaces cannot be created."""
 
 from __future__ import annotations
@@ -52,14 +53,17 @@ def two_hosts(harness: Harness, clusters, tmp_path_factory: pytest.TempPathFacto
 # --- a bad cluster file fails fast and starts nothing (no vLLM needed) ---------------------------------
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("case", ["unreachable", "busy-port", "bad-field"])
+@pytest.mark.parametrize("case", ["unreachable", "busy-port", "bad-field", "no-disagg"])
 def test_bad_cluster_fails_fast_naming_the_problem_and_starts_nothing(harness, tmp_path, case):
     text = cluster_file_text(harness, "tcp", tmp_path / "run", 18999, 18998, tmp_path)
     expected = {"unreachable": "spark-02 (root@10.77.2.2): unreachable over ssh",
                 "busy-port": "spark-01 (root@10.77.1.2): port 8100 on 10.77.1.2 (prefill.port) is already in use",
-                "bad-field": "decode.host: 'spark-03' is not in [hosts]"}[case]
+                "bad-field": "decode.host: 'spark-03' is not in [hosts]",
+                "no-disagg": "spark-02 (root@10.77.2.2): disagg is not installed at /opt/none/.venv/bin/disagg"}[case]
     if case == "unreachable":
         text = text.replace('[hosts.spark-02]\n', '[hosts.spark-02]\nssh_port = 2\n')
+    elif case == "no-disagg":
+        text = text.replace('[hosts.spark-02]\n', '[hosts.spark-02]\ndisagg = "/opt/none/.venv/bin/disagg"\n')
     elif case == "bad-field":
         text = text.replace('[decode]\nhost = "spark-02"', '[decode]\nhost = "spark-03"')
     (tmp_path / "config.json").write_text("{}")  # the "model" folder: checked, never loaded
