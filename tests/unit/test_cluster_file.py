@@ -65,13 +65,16 @@ def test_spark_example_keeps_kv_in_host_memory_on_the_direct_link():
 
 @pytest.mark.parametrize("edit,expected", [
     (("[decode]\nhost = \"spark-02\"", "[decode]\nhost = \"spark-02\"\nprot = 1"), "decode.prot: unknown field"),
-    (("host = \"spark-01\"", "host = \"spark-03\""), "prefill.host: 'spark-03' is not in [hosts] (known: spark-01, spark-02)"),
+    (("host = \"spark-01\"", "host = \"spark-03\""),
+     "prefill.host: 'spark-03' is not in [hosts] (known: spark-01, spark-02)"),
     (("ssh_port = 2222", "ssh_port = 70000"), "hosts.spark-02.ssh_port: Input should be less than or equal to 65535"),
-    (("address = \"10.0.0.2\"", "address = \"not an address!\""), "hosts.spark-02.address: 'not an address!' is neither"),
+    (("address = \"10.0.0.2\"", "address = \"not an address!\""),
+     "hosts.spark-02.address: 'not an address!' is neither"),
     (("transport = \"tcp\"", "transport = \"carrier-pigeon\""), "transport: Input should be 'nixl', 'tcp' or 'auto'"),
     (("UCX_TLS", "UCX-TLS"), "hosts.spark-01.env: 'UCX-TLS' is not an environment variable name"),
     (("model = \"/models/m\"\n", ""), "model: required field is missing"),
-    (("[router]\n", "[router]\nport = 8200\nhost = \"spark-02\"\n"), "port 8200 on host 'spark-02' is also used by decode"),
+    (("[router]\n", "[router]\nport = 8200\nhost = \"spark-02\"\n"),
+     "router: port 8200 on host 'spark-02' is also used by decode"),
     (("StrictHostKeyChecking=no", "-oFoo"), "ssh.options: '-oFoo' is not an ssh option of the form Key=Value"),
     (("[hosts.spark-02]", "[hosts.local]"), "hosts: 'local' cannot name a host"),
 ])
