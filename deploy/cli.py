@@ -31,10 +31,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                            "With --local: run every component on this host and keep it running until Ctrl-C "
                            "(or SIGTERM); if any process dies, everything is stopped; the two vLLM servers are "
                            "bound to different CPU cores. The options below, except --install, are for --local."))
-    p.add_argument("file", nargs="?", type=Path, help="cluster file (TOML); omit with --local")
-    p.add_argument("--install", action="store_true",
-                   help="with FILE: first install this disagg source and the right vLLM on every host "
-                   "(deploy/install.sh there)")
+    _add_file_arguments(p)
     p.add_argument("--local", action="store_true", help="run every component on this host")
     p.add_argument("--mode", choices=["disagg", "colocated"], default="disagg",
                    help="disagg: prefill node + decode node; colocated: one node (the baseline) (default: disagg)")
@@ -62,6 +59,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--demo", action="store_true", help="once up, send a sample chat request and print the answer")
     p.set_defaults(func=run_up)
     add_cluster_parsers(sub)
+
+
+def _add_file_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", nargs="?", type=Path, help="cluster file (TOML); omit with --local")
+    p.add_argument("--install", action="store_true",
+                   help="with FILE: first install this disagg source and the right vLLM on every host "
+                   "(deploy/install.sh there)")
 
 
 def add_cluster_parsers(sub: argparse._SubParsersAction) -> None:
