@@ -27,6 +27,12 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$stamp_want" ]; then
   log "up to date: $venv ($extras)"
 else
   log "creating $venv and installing disagg[$extras] (about 2-3 minutes the first time)"
+  # A fresh Debian/Ubuntu host (e.g. one reached by `disagg up FILE --install`) may lack the venv module.
+  if ! "$python" -c 'import ensurepip, venv' 2>/dev/null; then
+    log "error: $python cannot create a virtual environment; install python3-venv first" \
+      "(Debian/Ubuntu: sudo apt-get install -y python3-venv)"
+    exit 1
+  fi
   "$python" -m venv "$venv"
   pip=(quiet_pip "$venv/bin/python" -m pip install --disable-pip-version-check --progress-bar off -q)
   if ! "${pip[@]}" -e "$repo[$extras]"; then
