@@ -47,10 +47,15 @@ def test_without_the_api_key_nothing_runs(headers):
 
 
 def test_the_key_is_checked_before_the_body_is_read():
-    with stub_cluster(api_key=KEY, max_body_bytes=4096) as c:
-        resp = httpx.post(f"{c.url}/v1/completions", content=b"x" * 100_000,
-                          headers={"content-type": "application/json"})
-        _assert_openai_error(resp, 401, "invalid_api_key")
+    import socket
+
+    with stub_cluster(api_key=KEY) as c:
+        host, port = c.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=5) as sock:
+            sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 1000000\r\n\r\n{")  # the rest of the body never comes
+            head = sock.recv(65536).decode()
+        assert head.startswith("HTTP/1.1 401") and "invalid_api_key" in head
 
 
 def test_with_the_api_key_requests_are_served_and_health_and_metrics_stay_open():
@@ -204,3 +209,16 @@ def test_a_client_gone_while_sending_its_body_is_counted_not_an_error():
         assert wait_for(lambda: c.metric(
             'disagg_router_requests_total{endpoint="completions",mode="disagg",status="client_disconnected"}') == 1)
         assert c.metric("disagg_router_requests_in_flight") == 0 and not c.prefills[0].calls
+
+
+def test_a_declared_length_over_the_limit_is_refused_before_the_body_is_sent():
+    import socket
+
+    with stub_cluster(max_body_bytes=64 * 1024) as c:
+        host, port = c.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=5) as sock:
+            sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 1000000000\r\n\r\n{")  # a gigabyte announced, one byte sent
+            head = sock.recv(65536).decode()
+        assert head.startswith("HTTP/1.1 413") and "body_too_large" in head
+        assert httpx.post(f"{c.url}/v1/completions", json=completion(), timeout=10).status_code == 200
