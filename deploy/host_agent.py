@@ -156,7 +156,7 @@ def _running_pid(pid_file: Path) -> int | None:
 
 
 def _start(args: argparse.Namespace) -> dict:
-    name, argv = args.name[0], [a for a in args.args if a != "--"]
+    name, argv = args.name[0], args.args[1:] if args.args[:1] == ["--"] else args.args
     pid_file = _pid_file(args.run_dir, name)
     log_path = pid_file.with_suffix(".log")
     running = _running_pid(pid_file)
