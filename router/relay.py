@@ -39,6 +39,7 @@ class StreamRelay:
         self.started_s = time.monotonic()
         self._last_chunk_s: float | None = None
         self._closed = False
+        self._completed_status: str | None = None  # set once [DONE] was relayed
 
     def response(self, headers: dict[str, str]) -> StreamingResponse:
         return _RelayResponse(self, headers)
@@ -50,6 +51,8 @@ class StreamRelay:
             upstream = self.resp.aiter_lines()
             while (line := await self._next_line(upstream)) is not None:
                 done = self._observe(line) or done
+                if done:  # complete, even if the client leaves right after reading [DONE]
+                    self._completed_status = "stream_error" if self.timing.status == "error" else "ok"
                 yield (line + "\n").encode()
             if not done:
                 raise UpstreamError("decode node closed the stream before [DONE]", code="decode_stream_cut")
@@ -69,6 +72,8 @@ class StreamRelay:
         if self._closed:
             return
         self._closed = True
+        if status == "client_disconnected" and self._completed_status is not None:
+            status = self._completed_status
         self.timing.decode_s = time.monotonic() - self.started_s
         with anyio.CancelScope(shield=True):  # close upstream even while being cancelled
             await self.scope.aclose()

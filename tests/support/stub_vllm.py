@@ -179,3 +179,4 @@ async def _stream(tokens: list[str], chat: bool, body: dict[str, Any], cut: bool
         usage = {"prompt_tokens": 3, "completion_tokens": len(tokens), "total_tokens": 3 + len(tokens)}
         yield f"data: {json.dumps({'id': 'stub-1', 'choices': [], 'usage': usage})}\n\n"
     yield "data: [DONE]\n\n"
+    await asyncio.sleep(delay_s)  # and closes a pause later, as a busy server may

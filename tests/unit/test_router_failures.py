@@ -147,3 +147,19 @@ def test_fifty_clients_leaving_mid_stream_leave_nothing_running():
         assert c.prefills[0].active == 0 and c.metric("disagg_router_requests_in_flight") == 0
         decode.token_delay_s = 0.0
         _ok(c.url)
+
+
+def test_a_client_leaving_right_after_done_is_counted_ok():
+    with stub_cluster() as c:
+        c.decodes[0].token_delay_s = 0.3  # the decode node closes its stream 0.3 s after [DONE]
+        with httpx.stream("POST", f"{c.url}/v1/completions", json=completion(max_tokens=3, stream=True),
+                          timeout=10) as resp:
+            lines = []
+            for line in resp.iter_lines():
+                lines.append(line)
+                if line == "data: [DONE]":
+                    break  # and leave at once
+        assert lines[-1] == "data: [DONE]"
+        ok = 'disagg_router_requests_total{endpoint="completions",mode="disagg",status="ok"}'
+        assert wait_for(lambda: c.metric(ok) == 1)
+        assert c.metric(ok.replace('"ok"', '"client_disconnected"')) == 0
