@@ -62,6 +62,9 @@ def add_node_parser(sub: argparse._SubParsersAction, role: str, help_text: str, 
     p.add_argument("--no-prefix-caching", action="store_true", help="disable vLLM's prefix cache")
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                    help="extra environment for the vLLM server, e.g. UCX_TLS=tcp (repeatable)")
+    p.add_argument("--restart-on-crash", type=int, default=0, metavar="N",
+                   help="restart the vLLM server when it dies, up to N times, instead of stopping the node "
+                   "(default: 0, stop; `disagg up` and the router then see the node go down)")
     p.add_argument("--vllm-args", default="", help="extra vLLM arguments as one JSON list of strings")
     p.set_defaults(func=run, role=role)
 
@@ -85,7 +88,7 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         kv_cache_gib=args.kv_cache_gib, dtype=args.dtype or ("auto" if cuda else "float32"),
         max_model_len=args.max_model_len, prefix_caching=not args.no_prefix_caching,
         extra_vllm_args=tuple(_json_list(args.vllm_args)), env=_env_pairs(args.env), enforce_eager=not cuda,
-        transport_reason=choice.reason,
+        transport_reason=choice.reason, max_restarts=args.restart_on_crash,
     )
 
 

@@ -36,6 +36,7 @@ class NodeConfig:
     extra_vllm_args: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
     ready_timeout_s: float = 600.0
+    max_restarts: int = 0  # restart a vLLM server that dies this many times before the node gives up
 
     def __post_init__(self) -> None:
         if self.role not in ("prefill", "decode"):
@@ -51,6 +52,8 @@ class NodeConfig:
             raise ConfigError("port and info_port must differ")
         if self.max_model_len < 16 or self.kv_cache_gib < 1 or self.ready_timeout_s <= 0:
             raise ConfigError("max_model_len >= 16, kv_cache_gib >= 1 and ready_timeout_s > 0 are required")
+        if self.max_restarts < 0:
+            raise ConfigError(f"max_restarts must be >= 0, not {self.max_restarts}")
 
     @property
     def vllm_url(self) -> str:

@@ -39,6 +39,7 @@ class Supervisor:
         self.engine_ready = False
         self.exit_code: int | None = None
         self.failed = False  # the server died or never became ready (as opposed to being told to stop)
+        self.restarts = 0
 
     def info(self) -> NodeInfo:
         c = self.config
@@ -84,30 +85,41 @@ class Supervisor:
             log.info("moved %d vLLM worker threads back to cores %s", moved, self.config.cpu_cores)
 
     async def watch(self, server: uvicorn.Server) -> None:
-        """Poll the server until it is healthy, then keep watching it; end the supervisor if it dies."""
-        started_s = time.monotonic()
-        last_report_s = started_s
+        """Watch the server until it dies, restarting it up to `max_restarts` times; then end the node."""
         async with httpx.AsyncClient(timeout=2.0) as client:
-            while self.process is not None and self.process.poll() is None:
-                healthy = await _is_healthy(client, self.config.vllm_url)
-                now_s = time.monotonic()
-                if healthy and not self.engine_ready:
-                    log.info("%s vLLM server ready in %.1f s at %s", self.config.role, now_s - started_s,
-                             self.config.vllm_url)
-                    self.restore_core_binding()
-                elif not healthy and not self.engine_ready and now_s - last_report_s >= 10:
-                    log.info("%s vLLM server loading (%.0f s)", self.config.role, now_s - started_s)
-                    last_report_s = now_s
-                self.engine_ready = healthy or self.engine_ready
-                if not self.engine_ready and now_s - started_s > self.config.ready_timeout_s:
-                    log.error("vLLM server not ready after %.0f s; giving up", self.config.ready_timeout_s)
-                    break
-                await asyncio.sleep(1.0)
+            while await self._watch_once(client) and self.restarts < self.config.max_restarts:
+                self.restarts += 1
+                log.warning("%s vLLM server died (exit code %s); restarting it (%d of %d)", self.config.role,
+                            self.process.poll() if self.process else None, self.restarts, self.config.max_restarts)
+                _kill_group(self.process, signal.SIGKILL)  # what is left of the old one
+                self.start()
         self.exit_code = self.process.poll() if self.process else None
         self.failed = True
         log.error("%s vLLM server stopped (exit code %s); stopping the node", self.config.role, self.exit_code)
         self.engine_ready = False
         server.should_exit = True
+
+    async def _watch_once(self, client: httpx.AsyncClient) -> bool:
+        """Poll one server process until it is healthy, then while it lives. True if it died; False if it
+        never became ready in time."""
+        started_s = last_report_s = time.monotonic()
+        self.engine_ready = False
+        while self.process is not None and self.process.poll() is None:
+            healthy = await _is_healthy(client, self.config.vllm_url)
+            now_s = time.monotonic()
+            if healthy and not self.engine_ready:
+                log.info("%s vLLM server ready in %.1f s at %s", self.config.role, now_s - started_s,
+                         self.config.vllm_url)
+                self.restore_core_binding()
+            elif not healthy and not self.engine_ready and now_s - last_report_s >= 10:
+                log.info("%s vLLM server loading (%.0f s)", self.config.role, now_s - started_s)
+                last_report_s = now_s
+            self.engine_ready = healthy or self.engine_ready
+            if not self.engine_ready and now_s - started_s > self.config.ready_timeout_s:
+                log.error("vLLM server not ready after %.0f s; giving up", self.config.ready_timeout_s)
+                return False
+            await asyncio.sleep(1.0)
+        return True
 
 
 async def _is_healthy(client: httpx.AsyncClient, url: str) -> bool:

@@ -1,5 +1,6 @@
 """A node supervisor whose "vLLM server" is a tiny HTTP server answering /health: for testing the
-supervisor's process handling without the engine. Run as: python -m tests.support.fake_node MODEL_DIR PORT INFO_PORT"""
+supervisor's process handling without the engine.
+Run as: python -m tests.support.fake_node MODEL_DIR PORT INFO_PORT [MAX_RESTARTS]"""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ def main() -> int:
     model_dir, port, info_port = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
     supervisor.vllm_command = lambda config: [sys.executable, "-c", FAKE_SERVER, str(config.port)]
     config = DecodeConfig(model_dir=model_dir, served_model_name="fake", port=port, info_port=info_port,
-                          transport=TransportSettings(name="none", role="decode"))
+                          transport=TransportSettings(name="none", role="decode"),
+                          max_restarts=int(sys.argv[4]) if len(sys.argv) > 4 else 0)
     return supervisor.run_node(config)
 
 

@@ -20,12 +20,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture()
-def node(tmp_path: Path):
+def node(tmp_path: Path, request: pytest.FixtureRequest):
+    max_restarts = getattr(request, "param", 0)
     (tmp_path / "config.json").write_text(json.dumps({"num_hidden_layers": 2, "num_attention_heads": 4,
                                                       "num_key_value_heads": 2, "hidden_size": 64}))
     port, info_port = free_port(), free_port()
     proc = subprocess.Popen([sys.executable, "-m", "tests.support.fake_node", str(tmp_path), str(port),
-                             str(info_port)], cwd=ROOT, start_new_session=True)
+                             str(info_port), str(max_restarts)], cwd=ROOT, start_new_session=True)
     info_url = f"http://127.0.0.1:{info_port}"
     info = _wait_ready(info_url)
     yield proc, info_url, info
@@ -92,6 +93,22 @@ def test_killed_supervisor_takes_its_engine_with_it(node):
 def test_dead_engine_stops_the_supervisor_with_an_error(node):
     proc, _, info = node
     os.kill(info["pid"], signal.SIGKILL)
+    assert proc.wait(timeout=30) == 1
+
+
+@pytest.mark.parametrize("node", [1], indirect=True)
+def test_a_dead_engine_is_restarted_when_so_configured_then_the_node_gives_up(node):
+    proc, info_url, info = node
+    os.kill(info["pid"], signal.SIGKILL)
+    deadline_s = time.monotonic() + 30
+    restarted = info
+    while restarted["pid"] == info["pid"] or not restarted["engine_ready"]:
+        assert time.monotonic() < deadline_s and proc.poll() is None, "engine not restarted"
+        time.sleep(0.2)
+        restarted = httpx.get(f"{info_url}/info", timeout=2).json()
+    assert _alive(restarted["pid"]) and not _alive(info["pid"])
+    assert httpx.get(f"{info_url}/health", timeout=2).status_code == 200
+    os.kill(restarted["pid"], signal.SIGKILL)  # the one restart is used up
     assert proc.wait(timeout=30) == 1
 
 
