@@ -41,6 +41,9 @@ def run_up_file(args: argparse.Namespace) -> int:
         from deploy.installer import install
 
         install(cluster)
+    from deploy.local import raise_on_sigterm
+
+    raise_on_sigterm()  # SIGTERM, like Ctrl-C, stops what this `up` started
     try:
         started = up(cluster)
     except ClusterFailed as exc:
