@@ -51,6 +51,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-prefix-caching", action="store_true", help="disable vLLM's prefix cache on the nodes")
     p.add_argument("--kv-lease-s", type=float, default=30.0,
                    help="seconds the prefill node keeps KV blocks nobody pulls (default: 30)")
+    p.add_argument("--restart-on-crash", type=int, default=0, metavar="N",
+                   help="--local: each node restarts a vLLM server that dies, up to N times (default: 0: a dead "
+                   "server stops the cluster)")
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                    help="extra environment for both vLLM servers, e.g. UCX_TLS=tcp (repeatable)")
     p.add_argument("--log-dir", type=Path, default=local.LocalClusterConfig.__dataclass_fields__["log_dir"].default,
@@ -92,7 +95,8 @@ def _run_up_local(args: argparse.Namespace) -> int:
         router_port=args.port, baseline_port=args.baseline_port, prefill_port=args.prefill_port,
         decode_port=args.decode_port, kv_port_base=args.kv_port_base, max_model_len=args.max_model_len,
         prefix_caching=not args.no_prefix_caching, log_dir=args.log_dir, ready_timeout_s=args.ready_timeout_s,
-        node_env=tuple(args.env), kv_lease_s=args.kv_lease_s)
+        node_env=tuple(args.env), kv_lease_s=args.kv_lease_s,
+        restart_on_crash=args.restart_on_crash)
     busy = local.ports_in_use(config)
     if busy:
         raise ConfigError(f"ports already in use: {busy}; is a cluster already running? (disagg up starts nothing)")

@@ -34,6 +34,15 @@ def test_disagg_plan_starts_nodes_then_routers(config):
     assert procs[1].argv[procs[1].argv.index("--kv-port") + 1] == "5602"
 
 
+def test_nodes_restart_their_engine_only_when_asked(config):
+    import dataclasses
+
+    for restarts in (0, 2):
+        procs = local.plan(dataclasses.replace(config, restart_on_crash=restarts))
+        for node in procs[:2]:
+            assert node.argv[node.argv.index("--restart-on-crash") + 1] == str(restarts)
+
+
 def test_colocated_plan_has_no_prefill_and_no_connector(tmp_path, config):
     colocated = local.LocalClusterConfig(model_dir=config.model_dir, mode="colocated", log_dir=tmp_path)
     procs = local.plan(colocated)
