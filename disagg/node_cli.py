@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+from pathlib import Path
 
 from disagg import host, model
 from disagg.node_config import DecodeConfig, NodeConfig, PrefillConfig
 from transport.choice import choose
 from transport.config import TRANSPORTS, TransportSettings
+from transport.tcp.auth import CLUSTER_TOKEN_ENV
 from transport.ucx_link import KV_LINKS
 
 log = logging.getLogger(__name__)
@@ -65,6 +68,10 @@ def add_node_parser(sub: argparse._SubParsersAction, role: str, help_text: str, 
     p.add_argument("--restart-on-crash", type=int, default=0, metavar="N",
                    help="restart the vLLM server when it dies, up to N times, instead of stopping the node "
                    "(default: 0, stop; `disagg up` and the router then see the node go down)")
+    p.add_argument("--cluster-token-file", type=Path, default=None, metavar="PATH",
+                   help="tcp transport: file holding the cluster token that every KV pull and release must prove; "
+                   f"give both nodes the same one (default: ${CLUSTER_TOKEN_ENV}; a file is safer, command lines "
+                   "are visible to every user)")
     p.add_argument("--vllm-args", default="", help="extra vLLM arguments as one JSON list of strings")
     p.set_defaults(func=run, role=role)
 
@@ -81,6 +88,9 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
     transport = TransportSettings(name=choice.name, role=role, kv_host=args.kv_host, kv_port=args.kv_port,
                                   lease_s=args.kv_lease_s, link=args.kv_link, net_device=args.kv_net_device,
                                   kv_buffer_device=_kv_buffer_device(args.kv_buffer_device, cuda))
+    token = _cluster_token(args.cluster_token_file)
+    if token and choice.name != "tcp":
+        log.warning("a cluster token is set but the %s transport does not check it", choice.name)
     cls = PrefillConfig if role == "prefill" else DecodeConfig
     return cls(
         model_dir=model_dir, served_model_name=args.served_model_name or model_dir.name, transport=transport,
@@ -89,7 +99,26 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         max_model_len=args.max_model_len, prefix_caching=not args.no_prefix_caching,
         extra_vllm_args=tuple(_json_list(args.vllm_args)), env=_env_pairs(args.env), enforce_eager=not cuda,
         transport_reason=choice.reason, max_restarts=args.restart_on_crash,
+        cluster_token=token,
     )
+
+
+def _cluster_token(path: Path | None) -> str | None:
+    """The token from `--cluster-token-file`, else from the environment; None when neither is set."""
+    from disagg.errors import ConfigError
+
+    if path is None:
+        return os.environ.get(CLUSTER_TOKEN_ENV, "").strip() or None
+    try:
+        token = path.read_text().strip()
+        mode = path.stat().st_mode
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--cluster-token-file {path}: {exc}") from None
+    if not token:
+        raise ConfigError(f"--cluster-token-file {path} is empty")
+    if mode & 0o077:
+        log.warning("cluster token file %s is readable by other users (chmod 600 it)", path)
+    return token
 
 
 def _kv_buffer_device(choice: str, cuda: bool) -> str:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from disagg.errors import ConfigError
 from transport.config import TransportSettings, transport_env, vllm_args
+from transport.tcp.auth import CLUSTER_TOKEN_ENV
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,6 +38,7 @@ class NodeConfig:
     env: dict[str, str] = field(default_factory=dict)
     ready_timeout_s: float = 600.0
     max_restarts: int = 0  # restart a vLLM server that dies this many times before the node gives up
+    cluster_token: str | None = field(default=None, repr=False)  # tcp: a secret, to vLLM through its environment
 
     def __post_init__(self) -> None:
         if self.role not in ("prefill", "decode"):
@@ -96,5 +98,7 @@ def vllm_env(config: NodeConfig, base_env: dict[str, str]) -> dict[str, str]:
         if config.cpu_cores is not None:
             env["VLLM_CPU_OMP_THREADS_BIND"] = config.cpu_cores
     env.update(transport_env(config.transport))
+    if config.cluster_token:
+        env[CLUSTER_TOKEN_ENV] = config.cluster_token  # not on the command line: every user can read that
     env.update(config.env)
     return env

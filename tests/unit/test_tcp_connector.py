@@ -196,3 +196,24 @@ def test_decode_without_remote_endpoint_computes_locally(scheduler):
     assert scheduler.get_num_new_matched_tokens(req, 0) == (0, False)
     scheduler.update_state_after_alloc(req, blocks([1, 2, 3]), 0)
     assert scheduler.build_connector_meta().reqs_to_recv == {}
+
+
+def test_pull_refused_for_a_different_cluster_token_fails_and_is_counted_on_both_sides():
+    settings = dict(port=0, lease_s=30, publish_wait_s=0.2, transfer_timeout_s=5)
+    prefill = TcpConnectorWorker(TcpConnectorSettings(**settings, cluster_token=b"A"), serve_blocks=True)
+    decode = TcpConnectorWorker(TcpConnectorSettings(**settings, cluster_token=b"B"), serve_blocks=False)
+    d_kv = kv_caches(seed=None)
+    prefill.register_kv_caches(kv_caches(seed=11))
+    decode.register_kv_caches(d_kv)
+    try:
+        prefill.start_transfers(TcpConnectorMetadata(reqs_to_send={"p-9": [1, 2]}, lease_s=30))
+        decode.start_transfers(TcpConnectorMetadata(reqs_to_recv={"d-9": spec(prefill, "p-9", [3, 4])}))
+        assert wait_results(decode) == (set(), {"d-9"}, {"d-9"})  # vLLM recomputes (or fails) it
+        assert decode.get_block_ids_with_load_errors() == {3, 4}
+        assert not any(t.any() for t in d_kv.values())
+        assert decode.get_kv_connector_stats().reduce()["Num failed transfers"] == 1
+        assert prefill.get_kv_connector_stats().reduce()["Num unauthorized frames"] == 1
+        assert prefill.leases.pending() == 1  # nobody proved the token: the lease frees them
+    finally:
+        prefill.shutdown()
+        decode.shutdown()

@@ -3,7 +3,9 @@
 `pull_blocks` runs one exchange on one connection: PULL, then the DATA frames received straight into the
 caller's memory (the KV cache, or a staging buffer), each frame's CRC-32C checked, then RELEASE so the
 prefill node frees the blocks. It returns only when every byte arrived intact; any other outcome raises a
-`KvTransferError` and the caller must treat the memory as garbage.
+`KvTransferError` and the caller must treat the memory as garbage. With a cluster `token`, both frames
+carry its proof (`transport.tcp.auth`); a prefill node with another token refuses them (`RemoteError`
+with code `UNAUTHORIZED`) and sends nothing.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ class PullResult:
 
 
 def pull_blocks(host: str, port: int, request_id: str, pull: PullRequest, views: Sequence[memoryview], *,
-                connect_timeout_s: float = 5.0, transfer_timeout_s: float = 30.0) -> PullResult:
+                connect_timeout_s: float = 5.0, transfer_timeout_s: float = 30.0,
+                token: bytes | None = None) -> PullResult:
     """Pull `pull.num_blocks` published blocks of `request_id` into `views` (wire order), then release them."""
     expected_nbytes = sum(len(v) for v in views)
     if expected_nbytes != pull.payload_nbytes:
@@ -39,24 +42,24 @@ def pull_blocks(host: str, port: int, request_id: str, pull: PullRequest, views:
     rid = request_id.encode()
     with _connect(host, port, connect_timeout_s) as sock:
         try:
-            stream.send_buffers(sock, [wire.encode_frame(FrameType.PULL, request_id, pull.encode())], deadline_s)
+            stream.send_buffers(sock, [wire.encode_pull(request_id, pull, token)], deadline_s)
             bad_frames = _receive_data(sock, rid, views, deadline_s)
         except ConnectionError as exc:
             raise wire.TruncatedError(f"connection to {host}:{port} broke: {exc}") from None
         seconds = time.perf_counter() - started_s
-        _release_quietly(sock, request_id, deadline_s)
+        _release_quietly(sock, request_id, deadline_s, token)
     if bad_frames:
         raise wire.ChecksumError(f"KV of request {request_id}: {bad_frames} DATA frame(s) failed their CRC-32C")
     return PullResult(request_id, pull.num_blocks, expected_nbytes, seconds)
 
 
 def release_blocks(host: str, port: int, request_id: str, *, connect_timeout_s: float = 5.0,
-                   transfer_timeout_s: float = 30.0) -> None:
+                   transfer_timeout_s: float = 30.0, token: bytes | None = None) -> None:
     """Tell the prefill node to free the request's blocks without pulling them (abort, local cache hit)."""
     deadline_s = time.monotonic() + transfer_timeout_s
     with _connect(host, port, connect_timeout_s) as sock:
         try:
-            _release(sock, request_id, deadline_s)
+            _release(sock, request_id, deadline_s, token)
         except ConnectionError as exc:
             raise wire.TruncatedError(f"connection to {host}:{port} broke: {exc}") from None
 
@@ -104,17 +107,17 @@ def _expect(sock: socket.socket, rid: bytes, frame_type: FrameType, deadline_s: 
     return header
 
 
-def _release(sock: socket.socket, request_id: str, deadline_s: float) -> None:
-    stream.send_buffers(sock, [wire.encode_frame(FrameType.RELEASE, request_id)], deadline_s)
+def _release(sock: socket.socket, request_id: str, deadline_s: float, token: bytes | None) -> None:
+    stream.send_buffers(sock, [wire.encode_release(request_id, token)], deadline_s)
     rid = request_id.encode()
     header = _expect(sock, rid, FrameType.RELEASED, deadline_s)
     wire.read_control_payload(sock, header, rid, deadline_s)
 
 
-def _release_quietly(sock: socket.socket, request_id: str, deadline_s: float) -> None:
+def _release_quietly(sock: socket.socket, request_id: str, deadline_s: float, token: bytes | None) -> None:
     """Release after a pull; a failure only delays the free until the lease runs out."""
     try:
-        _release(sock, request_id, deadline_s)
+        _release(sock, request_id, deadline_s, token)
     except (wire.KvTransferError, OSError) as exc:
         logger.warning("release of %s failed (its lease will free it): %s", request_id, exc)
 

@@ -19,6 +19,7 @@ This class only routes vLLM's calls: scheduler-side ones to `TcpConnectorSchedul
 from __future__ import annotations
 
 import logging
+import os
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -57,7 +58,8 @@ class DisaggTcpConnector(KVConnectorBase_V1):
         _route_logs_through_vllm()
         _check_supported(vllm_config, kv_cache_config)
         transfer_config = self._kv_transfer_config
-        self.settings = TcpConnectorSettings.from_extra_config(transfer_config.kv_connector_extra_config)
+        self.settings = TcpConnectorSettings.from_extra_config(transfer_config.kv_connector_extra_config,
+                                                              os.environ)
         self.scheduler: TcpConnectorScheduler | None = None
         self.worker: TcpConnectorWorker | None = None
         if role == KVConnectorRole.SCHEDULER:

@@ -15,6 +15,7 @@ class ErrorCode(enum.IntEnum):
     FRAME_TOO_LARGE = 4
     BAD_FRAME = 5
     INTERNAL = 6
+    UNAUTHORIZED = 7  # the frame does not prove the cluster token (`transport.tcp.auth`)
 
 
 class KvTransferError(Exception):

@@ -3,7 +3,9 @@
 One connection carries one exchange (PULL -> DATA, then RELEASE -> RELEASED) or a lone RELEASE. Blocks are
 sent straight from the KV memory the `BlockStore` points at. Anything unexpected (unknown or expired
 request, blocks outside what was published, a different KV layout, a frame over the limits, a bad
-checksum) is answered with an ERROR frame and the connection is closed.
+checksum, a PULL or RELEASE that does not prove the cluster token when this node has one) is answered
+with an ERROR frame and the connection is closed. A test-only fault hook (`transport.tcp.faults`, off
+unless given a fault file) corrupts or cuts a transfer on purpose.
 """
 
 from __future__ import annotations
@@ -14,14 +16,16 @@ import threading
 import time
 from collections.abc import Callable
 
-from transport.tcp import stream, wire
+from transport.tcp import auth, stream, wire
 from transport.tcp.blocks import BlockStore
+from transport.tcp.faults import Fault, FaultFile, corrupted, cut
 from transport.tcp.lease import LeaseTable, UnknownRequestError
 from transport.tcp.wire import ErrorCode, FrameType, PullRequest
 
 logger = logging.getLogger(__name__)
 
 ServedCallback = Callable[[str, int, float], None]  # request id, bytes, seconds
+RefusedCallback = Callable[[ErrorCode], None]
 ACCEPT_POLL_S = 0.5
 
 
@@ -33,17 +37,29 @@ class _Refused(Exception):
         self.request_id = request_id
 
 
+class _HangUp(Exception):
+    """Close the connection now, without an ERROR frame (an injected truncation)."""
+
+
 class BlockServer:
-    """Serves the blocks published in `leases` from `store` on host:port (port 0: any free port)."""
+    """Serves the blocks published in `leases` from `store` on host:port (port 0: any free port).
+
+    `token`: the cluster token every PULL and RELEASE must prove (None: not checked). `fault_file`: tests
+    only, see `transport.tcp.faults`. `on_refused` hears the code of every ERROR frame sent.
+    """
 
     def __init__(self, store: BlockStore, leases: LeaseTable, host: str, port: int, *,
                  transfer_timeout_s: float = 30.0, publish_wait_s: float = 2.0,
-                 on_served: ServedCallback | None = None) -> None:
+                 on_served: ServedCallback | None = None, token: bytes | None = None,
+                 fault_file: str | None = None, on_refused: RefusedCallback | None = None) -> None:
         self.store = store
         self.leases = leases
         self.transfer_timeout_s = transfer_timeout_s
         self.publish_wait_s = publish_wait_s
         self._on_served = on_served
+        self._on_refused = on_refused
+        self._token = token
+        self._faults = FaultFile(fault_file) if fault_file else None
         self._address = (host, port)
         self._listener: socket.socket | None = None
         self._thread: threading.Thread | None = None
@@ -61,7 +77,10 @@ class BlockServer:
         self._address = listener.getsockname()[:2]
         self._thread = threading.Thread(target=self._accept_loop, name="disagg-tcp-kv-server", daemon=True)
         self._thread.start()
-        logger.info("TCP KV block server listening on %s:%d", *self._address)
+        logger.info("TCP KV block server listening on %s:%d (cluster token %s)", *self._address,
+                    "required" if self._token else "not required")
+        if self._faults is not None:
+            logger.warning("TCP KV block server: FAULT INJECTION enabled from %s (tests only)", self._faults.path)
         return self.port
 
     def stop(self) -> None:
@@ -99,7 +118,11 @@ class BlockServer:
                         return
                 except _Refused as refusal:
                     logger.warning("refused %s: %s", peer, refusal.message)
+                    if self._on_refused is not None:
+                        self._on_refused(refusal.code)
                     _send_quietly(conn, wire.encode_error(refusal.request_id, refusal.code, refusal.message))
+                    return
+                except _HangUp:
                     return
                 except (wire.TruncatedError, wire.TransferTimeoutError, OSError) as exc:
                     logger.debug("connection from %s ended: %s", peer, exc)
@@ -121,18 +144,25 @@ class BlockServer:
             raise _Refused(ErrorCode.BAD_FRAME, str(exc)) from None
         if header.frame_type is FrameType.PULL:
             try:
-                pull = PullRequest.decode(payload)
+                pull, proof = wire.split_pull(payload)
             except wire.ProtocolError as exc:
                 raise _Refused(ErrorCode.BAD_FRAME, str(exc)) from None
+            self._check_proof(FrameType.PULL, request_id, pull.encode(), proof)
             self._serve_pull(conn, request_id, pull, deadline_s)
             return True
         if header.frame_type is FrameType.RELEASE:
+            self._check_proof(FrameType.RELEASE, request_id, b"", payload)
             if not self.leases.release(request_id):
                 raise _Refused(ErrorCode.UNKNOWN_REQUEST, f"release of unpublished request {request_id}",
                               request_id)
             stream.send_buffers(conn, [wire.encode_frame(FrameType.RELEASED, request_id)], deadline_s)
             return True
         raise _Refused(ErrorCode.BAD_FRAME, f"unexpected {header.frame_type.name} frame")
+
+    def _check_proof(self, frame_type: FrameType, request_id: str, fields: bytes, proof: bytes) -> None:
+        if not auth.verify(self._token, frame_type, request_id.encode(), fields, proof):
+            what = "without a" if not proof else "with a wrong"
+            raise _Refused(ErrorCode.UNAUTHORIZED, f"{frame_type.name} {what} cluster token proof", request_id)
 
     def _serve_pull(self, conn: socket.socket, request_id: str, pull: PullRequest, deadline_s: float) -> None:
         try:
@@ -141,8 +171,9 @@ class BlockServer:
             raise _Refused(ErrorCode.UNKNOWN_REQUEST, str(exc.args[0]), request_id) from None
         try:
             selected = self._select_blocks(request_id, block_ids, pull)
+            fault = self._faults.take() if self._faults is not None else None
             started_s = time.perf_counter()
-            nbytes = self._send_blocks(conn, request_id.encode(), selected, deadline_s)
+            nbytes = self._send_blocks(conn, request_id.encode(), selected, deadline_s, fault)
             seconds = time.perf_counter() - started_s
         finally:
             self.leases.checkin(request_id)
@@ -162,14 +193,26 @@ class BlockServer:
                                                 f"{request_id}, which has {len(block_ids)}", request_id)
         return block_ids[pull.first_block:end]
 
-    def _send_blocks(self, conn: socket.socket, rid: bytes, block_ids: list[int], deadline_s: float) -> int:
-        """Send the blocks as DATA frames, each (header and pieces) in one system call."""
+    def _send_blocks(self, conn: socket.socket, rid: bytes, block_ids: list[int], deadline_s: float,
+                     fault: Fault | None = None) -> int:
+        """Send the blocks as DATA frames, each (header and pieces) in one system call.
+
+        An injected fault (tests only) flips a byte of the first frame after its checksum, or hangs up
+        after half the bytes.
+        """
         cursor = wire.ByteCursor(self.store.read_views(block_ids))
         nbytes = cursor.remaining
+        budget_nbytes = nbytes // 2 if fault is Fault.TRUNCATE else nbytes + 1
         while cursor.remaining:
             chunk = cursor.take(min(cursor.remaining, wire.MAX_DATA_PAYLOAD_BYTES))
             chunk_nbytes = sum(len(piece) for piece in chunk)
             header = wire.encode_header(FrameType.DATA, rid, chunk_nbytes, wire.checksum(rid, chunk))
+            if fault is Fault.CORRUPT and cursor.remaining + chunk_nbytes == nbytes:
+                chunk = corrupted(chunk)
+            if chunk_nbytes >= budget_nbytes:
+                stream.send_buffers(conn, [header, *cut(chunk, budget_nbytes)], deadline_s)
+                raise _HangUp()
+            budget_nbytes -= chunk_nbytes
             stream.send_buffers(conn, [header, *chunk], deadline_s)
         return nbytes
 

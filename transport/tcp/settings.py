@@ -17,13 +17,25 @@ Keys, all optional (units in the names):
 - `gil_switch_interval_s` (unset): if set, `sys.setswitchinterval` for the vLLM worker process. The
   transfer threads share the GIL with a worker thread that is busy whenever the engine steps; each
   blocking call then costs up to one interval (Python's default 5 ms) to get the GIL back.
+
+From the vLLM server's environment, never from `kv_connector_extra_config` (which is on the command line):
+
+- `DISAGG_CLUSTER_TOKEN` (unset): the cluster token. On a prefill node, every PULL and RELEASE must prove
+  it (`transport.tcp.auth`); on a decode node, its pulls prove it. Unset on both sides: no check.
+- `DISAGG_TCP_FAULT_FILE` (unset): TESTS ONLY, prefill side: the fault-injection file of
+  `transport.tcp.faults`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
+
+from transport.tcp.auth import CLUSTER_TOKEN_ENV, normalize_token
+from transport.tcp.faults import FAULT_FILE_ENV
+
+_FROM_ENVIRONMENT = ("cluster_token", "fault_file")
 
 
 @dataclass(frozen=True)
@@ -39,6 +51,9 @@ class TcpConnectorSettings:
     publish_wait_s: float = 10.0
     max_concurrent_pulls: int = 2
     gil_switch_interval_s: float | None = None
+    cluster_token: bytes | None = field(default=None, repr=False)  # a secret: never logged
+    fault_file: str | None = None  # tests only
+
 
     def __post_init__(self) -> None:
         if not self.host:
@@ -60,11 +75,18 @@ class TcpConnectorSettings:
         return self.bind_host or self.host
 
     @classmethod
-    def from_extra_config(cls, extra: Mapping[str, Any] | None) -> TcpConnectorSettings:
-        """Build from `kv_connector_extra_config`; unknown keys are an error (they are usually typos)."""
+    def from_extra_config(cls, extra: Mapping[str, Any] | None,
+                          environ: Mapping[str, str] | None = None) -> TcpConnectorSettings:
+        """Build from `kv_connector_extra_config` and the server's environment (the cluster token and the
+        test-only fault file); unknown keys are an error (they are usually typos)."""
         extra = dict(extra or {})
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(extra) - set(known))
+        environ = environ or {}
+        known = {f.name for f in fields(cls)} - set(_FROM_ENVIRONMENT)
+        misplaced = sorted(set(extra) & set(_FROM_ENVIRONMENT))
+        if misplaced:
+            raise ValueError(f"kv_connector_extra_config must not carry {misplaced} (it is on the command line); "
+                             f"set {CLUSTER_TOKEN_ENV} / {FAULT_FILE_ENV} in the server's environment")
+        unknown = sorted(set(extra) - known)
         if unknown:
             raise ValueError(f"unknown kv_connector_extra_config keys {unknown}; known: {sorted(known)}")
         converted: dict[str, Any] = {}
@@ -75,4 +97,6 @@ class TcpConnectorSettings:
                 converted[key] = None if value is None else float(value)
             else:
                 converted[key] = None if value is None else str(value)
+        converted["cluster_token"] = normalize_token(environ.get(CLUSTER_TOKEN_ENV))
+        converted["fault_file"] = environ.get(FAULT_FILE_ENV) or None
         return cls(**converted)

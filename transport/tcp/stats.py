@@ -19,7 +19,8 @@ from vllm.distributed.kv_transfer.kv_connector.v1.metrics import (
 )
 from vllm.v1.metrics.utils import create_metric_per_engine
 
-_LISTS = ("pull_seconds", "pull_bytes", "serve_seconds", "serve_bytes", "failed_pulls", "expired_leases")
+_LISTS = ("pull_seconds", "pull_bytes", "serve_seconds", "serve_bytes", "failed_pulls", "expired_leases",
+          "unauthorized")
 _MIB = 2**20
 
 
@@ -48,6 +49,9 @@ class TcpKVConnectorStats(KVConnectorStats):
     def record_expired_lease(self) -> None:
         self.data["expired_leases"].append(1)
 
+    def record_unauthorized(self) -> None:
+        self.data["unauthorized"].append(1)
+
     def clone_and_reset(self) -> TcpKVConnectorStats:
         old = copy.copy(self)
         self.reset()
@@ -73,6 +77,8 @@ class TcpKVConnectorStats(KVConnectorStats):
             summary["Num served transfers"] = len(data["serve_seconds"])
             summary.update(_averages(data["serve_seconds"], data["serve_bytes"], "serve", "Avg MB served"))
         summary["Num KV expired reqs"] = len(data["expired_leases"])
+        if data.get("unauthorized"):
+            summary["Num unauthorized frames"] = len(data["unauthorized"])
         return summary
 
 
@@ -107,12 +113,16 @@ class TcpPromMetrics(KVConnectorPromMetrics):
                                        "TCP KV pulls that failed (the request recomputed or errored).")
         self.expired_leases = per_engine(self._counter_cls, "vllm:disagg_tcp_kv_expired_leases",
                                          "Published KV blocks freed because nobody pulled them in time.")
+        self.unauthorized = per_engine(self._counter_cls, "vllm:disagg_tcp_kv_unauthorized_frames",
+                                       "PULL/RELEASE frames refused for a missing or wrong cluster token "
+                                       "(prefill side).")
 
     def observe(self, transfer_stats_data: dict[str, Any], engine_idx: int = 0) -> None:
         for seconds in transfer_stats_data.get("pull_seconds", []):
             self.pull_seconds[engine_idx].observe(seconds)
         for metric, key in ((self.pull_bytes, "pull_bytes"), (self.serve_bytes, "serve_bytes"),
-                            (self.failed_pulls, "failed_pulls"), (self.expired_leases, "expired_leases")):
+                            (self.failed_pulls, "failed_pulls"), (self.expired_leases, "expired_leases"),
+                            (self.unauthorized, "unauthorized")):
             total = sum(transfer_stats_data.get(key, []))
             if total:
                 metric[engine_idx].inc(total)

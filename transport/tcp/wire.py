@@ -9,12 +9,17 @@ with the GIL released, three times zlib's CRC-32) covers the request id and the 
 one connection:
 
     decode -> prefill   PULL     payload: first block u32 | num blocks u32 | bytes per block u64 | layout id u32
+                                 | proof (0 or 32 bytes)
     prefill -> decode   DATA...  the blocks' raw KV bytes, layer by layer, block by block, cut into frames of
                                  at most MAX_DATA_PAYLOAD_BYTES that add up to exactly the bytes asked for
                                  (each frame checked on its own, so checking overlaps sending)
                         or ERROR payload: code u16 | UTF-8 message
-    decode -> prefill   RELEASE  (empty) the decode side is done with the blocks: free them
+    decode -> prefill   RELEASE  payload: proof (0 or 32 bytes); the decode side is done with the blocks: free them
     prefill -> decode   RELEASED (empty)
+
+The proof is empty without a cluster token; with one, it is the HMAC-SHA256 of the frame type, the request id
+and (PULL) the fields before it, keyed by the token (`transport.tcp.auth`). A prefill node that has a token
+answers a PULL or RELEASE without a valid proof with ERROR `UNAUTHORIZED`, before it looks the request up.
 
 Control frames (PULL, RELEASE, RELEASED, ERROR) carry at most MAX_CONTROL_PAYLOAD_BYTES. A frame over its
 limit, or DATA beyond what was asked for, is refused, never read.
@@ -30,6 +35,7 @@ from dataclasses import dataclass
 
 import crc32c
 
+from transport.tcp import auth
 from transport.tcp.errors import (  # noqa: F401  (re-exported: the wire's failures)
     ChecksumError,
     ErrorCode,
@@ -44,7 +50,7 @@ from transport.tcp.errors import (  # noqa: F401  (re-exported: the wire's failu
 from transport.tcp.stream import recv_exact, recv_into_buffers
 
 MAGIC = b"DKVT"
-VERSION = 2  # 1 used zlib's CRC-32
+VERSION = 3  # 1 used zlib's CRC-32; 2 had no proof in PULL and RELEASE
 HEADER = struct.Struct("!4sBBHIQ")
 PULL_PAYLOAD = struct.Struct("!IIQI")
 ERROR_CODE = struct.Struct("!H")
@@ -91,6 +97,26 @@ class PullRequest:
         if len(payload) != PULL_PAYLOAD.size:
             raise ProtocolError(f"PULL payload has {len(payload)} bytes, expected {PULL_PAYLOAD.size}")
         return cls(*PULL_PAYLOAD.unpack(payload))
+
+
+def encode_pull(request_id: str, pull: PullRequest, token: bytes | None) -> bytes:
+    """A whole PULL frame, with the token's proof (none without a token)."""
+    fields = pull.encode()
+    return encode_frame(FrameType.PULL, request_id, fields + auth.proof(token, FrameType.PULL, request_id.encode(),
+                                                                        fields))
+
+
+def encode_release(request_id: str, token: bytes | None) -> bytes:
+    """A whole RELEASE frame, with the token's proof (none without a token)."""
+    return encode_frame(FrameType.RELEASE, request_id, auth.proof(token, FrameType.RELEASE, request_id.encode()))
+
+
+def split_pull(payload: bytes) -> tuple[PullRequest, bytes]:
+    """A PULL payload's request and its proof (empty or `auth.PROOF_NBYTES` bytes)."""
+    if len(payload) not in (PULL_PAYLOAD.size, PULL_PAYLOAD.size + auth.PROOF_NBYTES):
+        raise ProtocolError(f"PULL payload has {len(payload)} bytes, expected {PULL_PAYLOAD.size} "
+                            f"or {PULL_PAYLOAD.size + auth.PROOF_NBYTES}")
+    return PullRequest.decode(payload[:PULL_PAYLOAD.size]), payload[PULL_PAYLOAD.size:]
 
 
 class ByteCursor:

@@ -56,7 +56,9 @@ class TcpConnectorWorker:
         elif self.serve_blocks:
             self.server = BlockServer(self.store, self.leases, self.settings.listen_host, self.settings.port,
                                       transfer_timeout_s=self.settings.transfer_timeout_s,
-                                      publish_wait_s=self.settings.publish_wait_s, on_served=self._record_serve)
+                                      publish_wait_s=self.settings.publish_wait_s, on_served=self._record_serve,
+                                      token=self.settings.cluster_token, fault_file=self.settings.fault_file,
+                                      on_refused=self._record_refusal)
             self.server.start()
 
     def start_transfers(self, meta: TcpConnectorMetadata) -> None:
@@ -123,7 +125,8 @@ class TcpConnectorWorker:
             views, commit = self.store.write_views(spec.local_block_ids)
             result = pull_blocks(spec.remote_host, spec.remote_port, spec.remote_request_id, pull, views,
                                  connect_timeout_s=self.settings.connect_timeout_s,
-                                 transfer_timeout_s=self.settings.transfer_timeout_s)
+                                 transfer_timeout_s=self.settings.transfer_timeout_s,
+                                 token=self.settings.cluster_token)
             commit()
         except (KvTransferError, OSError, ValueError) as exc:
             logger.warning("KV pull for %s (remote request %s at %s:%d) failed: %s", request_id,
@@ -132,7 +135,8 @@ class TcpConnectorWorker:
                 self._stats.record_failed_pull()
             already_gone = isinstance(exc, ChecksumError) or (
                 isinstance(exc, RemoteError) and exc.code == ErrorCode.UNKNOWN_REQUEST)
-            if not already_gone:
+            refused = isinstance(exc, RemoteError) and exc.code == ErrorCode.UNAUTHORIZED  # so would a release
+            if not (already_gone or refused):
                 self._release_quietly(request_id, spec)
             return False
         logger.debug("KV pull for %s (remote request %s at %s:%d): %d blocks, %d bytes in %.2f ms (%.1f MB/s)",
@@ -146,7 +150,8 @@ class TcpConnectorWorker:
         try:
             release_blocks(spec.remote_host, spec.remote_port, spec.remote_request_id,
                            connect_timeout_s=self.settings.connect_timeout_s,
-                           transfer_timeout_s=self.settings.transfer_timeout_s)
+                           transfer_timeout_s=self.settings.transfer_timeout_s,
+                           token=self.settings.cluster_token)
         except (KvTransferError, OSError) as exc:
             if isinstance(exc, RemoteError) and exc.code == ErrorCode.UNKNOWN_REQUEST:
                 logger.debug("remote request %s for %s was already freed", spec.remote_request_id, request_id)
@@ -157,3 +162,8 @@ class TcpConnectorWorker:
     def _record_serve(self, request_id: str, nbytes: int, seconds: float) -> None:
         with self._lock:
             self._stats.record_serve(nbytes, seconds)
+
+    def _record_refusal(self, code: ErrorCode) -> None:
+        if code == ErrorCode.UNAUTHORIZED:
+            with self._lock:
+                self._stats.record_unauthorized()
