@@ -5,16 +5,19 @@ router, stopping the previous one if it used another transport. Every cluster, w
 have no request running and no KV block in use on either node, and must leave no process behind.
 Both vLLM servers run without prefix caching, so a disaggregated request must pull its KV from the
 prefill node and a colocated request must compute it: the comparison cannot be served from a cache.
+The tcp cluster runs with a cluster token (both nodes, through the environment) and the block server's
+test-only fault file (`Cluster.fault_file`, empty = no fault; see transport/tcp/faults.py).
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -41,6 +44,8 @@ class Cluster:
     model_name: str
     model_dir: Path
     log_dir: Path
+    fault_file: Path | None = None  # tcp: DISAGG_TCP_FAULT_FILE of the nodes
+    cluster_token: str | None = field(default=None, repr=False)  # tcp: DISAGG_CLUSTER_TOKEN of the nodes
 
 
 class ClusterManager:
@@ -64,13 +69,19 @@ class ClusterManager:
                 "--transport", transport, "--port", str(router), "--baseline-port", str(baseline),
                 "--prefill-port", str(base), "--decode-port", str(base + 2),
                 "--kv-port-base", str(25000 + (os.getpid() % 500) * 2), "--no-prefix-caching",
-                "--kv-lease-s", str(KV_LEASE_S), "--log-dir", str(log_dir)]
+                "--kv-lease-s", str(KV_LEASE_S), "--restart-on-crash", "1", "--log-dir", str(log_dir)]
+        env = {k: v for k, v in os.environ.items() if k not in ("DISAGG_TCP_FAULT_FILE", "DISAGG_CLUSTER_TOKEN")}
+        fault_file, token = None, None
+        if transport == "tcp":
+            fault_file, token = log_dir / "tcp-fault", secrets.token_hex(16)
+            fault_file.write_text("")
+            env.update(DISAGG_TCP_FAULT_FILE=str(fault_file), DISAGG_CLUSTER_TOKEN=token)
         up = subprocess.Popen(argv, stdout=open(log_dir / "up.log", "wb"), stderr=subprocess.STDOUT,
-                              start_new_session=True)
+                              start_new_session=True, env=env)
         cluster = Cluster(transport=transport, router_url=f"http://127.0.0.1:{router}",
                           baseline_url=f"http://127.0.0.1:{baseline}", prefill_vllm_url=f"http://127.0.0.1:{base}",
                           decode_vllm_url=f"http://127.0.0.1:{base + 2}", model_name=self.model_dir.name,
-                          model_dir=self.model_dir, log_dir=log_dir)
+                          model_dir=self.model_dir, log_dir=log_dir, fault_file=fault_file, cluster_token=token)
         _wait_ready(up, cluster)
         return cluster, up, base
 
