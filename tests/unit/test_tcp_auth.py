@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.support.kv_arrays import kv_arrays
 from transport.tcp import auth, wire
 from transport.tcp.blocks import RegionBlockStore
 from transport.tcp.client import pull_blocks, release_blocks
@@ -27,10 +28,7 @@ LAYERS, BLOCKS, BLOCK_SHAPE = 2, 6, (2, 8, 8)
 
 
 def arrays(seed: int | None) -> list[np.ndarray]:
-    if seed is None:
-        return [np.zeros((BLOCKS, *BLOCK_SHAPE), dtype=np.float32) for _ in range(LAYERS)]
-    rng = np.random.default_rng(seed)
-    return [rng.standard_normal((BLOCKS, *BLOCK_SHAPE), dtype=np.float32) for _ in range(LAYERS)]
+    return kv_arrays(LAYERS, BLOCKS, BLOCK_SHAPE, seed)
 
 
 @pytest.fixture

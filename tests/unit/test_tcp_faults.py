@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tests.support.kv_arrays import kv_arrays
 from transport.tcp import wire
 from transport.tcp.blocks import RegionBlockStore
 from transport.tcp.client import pull_blocks
@@ -21,10 +22,7 @@ LAYERS, BLOCKS, BLOCK_SHAPE = 3, 8, (2, 16, 8)
 
 
 def arrays(seed: int | None) -> list[np.ndarray]:
-    if seed is None:
-        return [np.zeros((BLOCKS, *BLOCK_SHAPE), dtype=np.float32) for _ in range(LAYERS)]
-    rng = np.random.default_rng(seed)
-    return [rng.standard_normal((BLOCKS, *BLOCK_SHAPE), dtype=np.float32) for _ in range(LAYERS)]
+    return kv_arrays(LAYERS, BLOCKS, BLOCK_SHAPE, seed)
 
 
 @pytest.fixture
