@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import secrets
 import time
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from deploy import local
 from deploy.processes import ManagedProcess, stop_all
 from deploy.progress import StartupProgress
 from disagg import model
+from disagg.cluster_token import CLUSTER_TOKEN_ENV, read_token
 from disagg.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -96,7 +98,7 @@ def _run_up_local(args: argparse.Namespace) -> int:
         decode_port=args.decode_port, kv_port_base=args.kv_port_base, max_model_len=args.max_model_len,
         prefix_caching=not args.no_prefix_caching, log_dir=args.log_dir, ready_timeout_s=args.ready_timeout_s,
         node_env=tuple(args.env), kv_lease_s=args.kv_lease_s,
-        restart_on_crash=args.restart_on_crash)
+        restart_on_crash=args.restart_on_crash, cluster_token=_local_cluster_token())
     busy = local.ports_in_use(config)
     if busy:
         raise ConfigError(f"ports already in use: {busy}; is a cluster already running? (disagg up starts nothing)")
@@ -118,6 +120,16 @@ def _run_up_local(args: argparse.Namespace) -> int:
     finally:
         local.ignore_stop_signals()  # a second Ctrl-C or SIGTERM must not cut the clean-up short
         stop_all(procs)
+
+
+def _local_cluster_token() -> str:
+    """$DISAGG_CLUSTER_TOKEN when set (to reach the nodes by hand), else a fresh one for this run."""
+    token = read_token(None)
+    if token:
+        log.info("cluster token: from $%s (the nodes answer only requests that carry it)", CLUSTER_TOKEN_ENV)
+        return token
+    log.info("cluster token: a fresh one for this run; set $%s to call the nodes directly", CLUSTER_TOKEN_ENV)
+    return secrets.token_hex(32)
 
 
 def _wait(procs: list[ManagedProcess], config: local.LocalClusterConfig) -> bool:

@@ -12,12 +12,13 @@ import signal
 import socket
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
 from deploy.processes import ManagedProcess, stop_all
+from disagg.cluster_token import CLUSTER_TOKEN_ENV
 from disagg.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ class LocalClusterConfig:
     node_env: tuple[str, ...] = ()  # KEY=VALUE for both vLLM servers
     kv_lease_s: float = 30.0
     restart_on_crash: int = 0  # times each node restarts a vLLM server that dies
+    cluster_token: str | None = field(default=None, repr=False)  # to nodes and routers via their environment
 
     def __post_init__(self) -> None:
         if self.mode not in ("disagg", "colocated"):
@@ -84,7 +86,9 @@ def _node(config: LocalClusterConfig, role: str, port: int, kv_port: int) -> Man
 
 def _component(config: LocalClusterConfig, name: str, args: list[str], health_url: str) -> ManagedProcess:
     argv = [sys.executable, "-m", "disagg", *args]
-    return ManagedProcess(name=name, argv=argv, health_url=health_url, log_path=config.log_dir / f"{name}.log")
+    env = {CLUSTER_TOKEN_ENV: config.cluster_token} if config.cluster_token else {}
+    return ManagedProcess(name=name, argv=argv, health_url=health_url, log_path=config.log_dir / f"{name}.log",
+                          env=env)
 
 
 def ports_in_use(config: LocalClusterConfig) -> list[int]:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 from pathlib import Path
 
 from disagg import host, model
+from disagg.cluster_token import read_token
 from disagg.node_config import DecodeConfig, NodeConfig, PrefillConfig
 from transport.choice import choose
 from transport.config import TRANSPORTS, TransportSettings
@@ -43,6 +43,9 @@ def add_node_parser(sub: argparse._SubParsersAction, role: str, help_text: str, 
                    help=f"this node's /info and /health port (default: {d['info_port']})")
     p.add_argument("--kv-host", default="127.0.0.1",
                    help="address the peer node reaches this node's KV endpoint on (default: 127.0.0.1)")
+    p.add_argument("--kv-bind-host", default=None,
+                   help="tcp transport: address this node's KV block server binds when it differs from --kv-host "
+                   "(e.g. 0.0.0.0 behind NAT); nixl binds --kv-host itself (default: --kv-host)")
     p.add_argument("--kv-port", type=int, default=d["kv_port"],
                    help=f"NIXL side-channel / TCP transport port (default: {d['kv_port']})")
     p.add_argument("--kv-lease-s", type=float, default=30.0,
@@ -69,9 +72,11 @@ def add_node_parser(sub: argparse._SubParsersAction, role: str, help_text: str, 
                    help="restart the vLLM server when it dies, up to N times, instead of stopping the node "
                    "(default: 0, stop; `disagg up` and the router then see the node go down)")
     p.add_argument("--cluster-token-file", type=Path, default=None, metavar="PATH",
-                   help="tcp transport: file holding the cluster token that every KV pull and release must prove; "
-                   f"give both nodes the same one (default: ${CLUSTER_TOKEN_ENV}; a file is safer, command lines "
-                   "are visible to every user)")
+                   help="file holding the cluster's shared secret: every call to this node's vLLM server and "
+                   "/info must carry it (Authorization: Bearer; /health and /metrics stay open), and with the tcp "
+                   "transport every KV pull and release must prove it; give the router and every node the same one "
+                   f"(default: ${CLUSTER_TOKEN_ENV}; none: open; a file is safer, command lines are visible to "
+                   "every user)")
     p.add_argument("--vllm-args", default="", help="extra vLLM arguments as one JSON list of strings")
     p.set_defaults(func=run, role=role)
 
@@ -86,11 +91,13 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
     choice = choose(args.transport, args.kv_peer)
     log.info("%s node transport: %s (%s)", role, choice.name, choice.reason)
     transport = TransportSettings(name=choice.name, role=role, kv_host=args.kv_host, kv_port=args.kv_port,
+                                  kv_bind_host=args.kv_bind_host,
                                   lease_s=args.kv_lease_s, link=args.kv_link, net_device=args.kv_net_device,
                                   kv_buffer_device=_kv_buffer_device(args.kv_buffer_device, cuda))
-    token = _cluster_token(args.cluster_token_file)
-    if token and choice.name != "tcp":
-        log.warning("a cluster token is set but the %s transport does not check it", choice.name)
+    token = read_token(args.cluster_token_file)
+    if token and choice.name == "nixl":
+        log.warning("cluster token: the node's HTTP endpoints check it, NIXL's KV side channel does not "
+                    "(keep --kv-host on the cluster network)")
     cls = PrefillConfig if role == "prefill" else DecodeConfig
     return cls(
         model_dir=model_dir, served_model_name=args.served_model_name or model_dir.name, transport=transport,
@@ -101,24 +108,6 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         transport_reason=choice.reason, max_restarts=args.restart_on_crash,
         cluster_token=token,
     )
-
-
-def _cluster_token(path: Path | None) -> str | None:
-    """The token from `--cluster-token-file`, else from the environment; None when neither is set."""
-    from disagg.errors import ConfigError
-
-    if path is None:
-        return os.environ.get(CLUSTER_TOKEN_ENV, "").strip() or None
-    try:
-        token = path.read_text().strip()
-        mode = path.stat().st_mode
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"--cluster-token-file {path}: {exc}") from None
-    if not token:
-        raise ConfigError(f"--cluster-token-file {path} is empty")
-    if mode & 0o077:
-        log.warning("cluster token file %s is readable by other users (chmod 600 it)", path)
-    return token
 
 
 def _kv_buffer_device(choice: str, cuda: bool) -> str:

@@ -10,6 +10,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from disagg.cluster_token import MIDDLEWARE_IMPORT_PATH
 from disagg.errors import ConfigError
 from transport.config import TransportSettings, transport_env, vllm_args
 from transport.tcp.auth import CLUSTER_TOKEN_ENV
@@ -38,7 +39,7 @@ class NodeConfig:
     env: dict[str, str] = field(default_factory=dict)
     ready_timeout_s: float = 600.0
     max_restarts: int = 0  # restart a vLLM server that dies this many times before the node gives up
-    cluster_token: str | None = field(default=None, repr=False)  # tcp: a secret, to vLLM through its environment
+    cluster_token: str | None = field(default=None, repr=False)  # HTTP + tcp KV; to vLLM through its env
 
     def __post_init__(self) -> None:
         if self.role not in ("prefill", "decode"):
@@ -86,6 +87,8 @@ def vllm_command(config: NodeConfig) -> list[str]:
     if not config.prefix_caching:
         cmd.append("--no-enable-prefix-caching")
     cmd += vllm_args(config.transport)
+    if config.cluster_token:  # the token itself goes through the environment (`vllm_env`)
+        cmd += ["--middleware", MIDDLEWARE_IMPORT_PATH]
     cmd += list(config.extra_vllm_args)
     return cmd
 

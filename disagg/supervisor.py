@@ -22,6 +22,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from disagg import host
+from disagg.cluster_token import ClusterTokenMiddleware
 from disagg.messages import NodeInfo
 from disagg.model import kv_geometry
 from disagg.node_config import NodeConfig, vllm_command, vllm_env
@@ -156,6 +157,8 @@ def info_app(supervisor: Supervisor) -> FastAPI:
         return JSONResponse({"status": "ok" if ok else "loading", "role": supervisor.config.role},
                             status_code=200 if ok else 503)
 
+    if supervisor.config.cluster_token:
+        app.add_middleware(ClusterTokenMiddleware, token=supervisor.config.cluster_token)  # /health stays open
     return app
 
 

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from disagg.cluster_token import bearer_headers
 from disagg.errors import ClientDisconnected, DeadlineExceeded, DisaggError
 from disagg.messages import RequestTiming
 from router import openapi, validation
@@ -39,8 +40,9 @@ def create_app(config: RouterConfig) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         timeout = httpx.Timeout(config.request_timeout_s, connect=config.connect_timeout_s)
         limits = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
-        async with httpx.AsyncClient(timeout=timeout, limits=limits) as client, \
-                httpx.AsyncClient(timeout=httpx.Timeout(5.0)) as health_client:
+        headers = bearer_headers(config.cluster_token)
+        async with httpx.AsyncClient(timeout=timeout, limits=limits, headers=headers) as client, \
+                httpx.AsyncClient(timeout=httpx.Timeout(5.0), headers=headers) as health_client:
             app.state.dispatcher = Dispatcher(config, registry, client, metrics)
             await registry.check_all(health_client)
             task = asyncio.create_task(registry.run_health_loop(health_client, config.health_interval_s))

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
+from disagg.cluster_token import CLUSTER_TOKEN_ENV, read_token
 from router.config import RouterConfig
 
 
@@ -56,6 +58,9 @@ def _add_limit_options(p: argparse.ArgumentParser) -> None:
                    help="require 'Authorization: Bearer KEY' on /v1 routes (default: $DISAGG_API_KEY; "
                         "none: no key needed). Prefer the environment variable: a command line is visible "
                         "to every user of the host")
+    p.add_argument("--cluster-token-file", type=Path, default=None, metavar="PATH",
+                   help="file holding the cluster token the nodes require (sent as 'Authorization: Bearer' with "
+                        f"every node call; default: ${CLUSTER_TOKEN_ENV}; none: nodes are open)")
 
 
 def config_from_args(args: argparse.Namespace) -> RouterConfig:
@@ -72,6 +77,7 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
         max_queue=args.max_queue,
         colocated_fallback=args.colocated_fallback,
         api_key=args.api_key or None,
+        cluster_token=read_token(args.cluster_token_file),
     )
 
 

@@ -24,6 +24,7 @@ class RouterConfig:
     are served at once and `max_queue` more wait (beyond that: 429); each request has
     `request_timeout_s` from arrival to its last byte (else 504); bodies over `max_body_bytes` get 413.
     `colocated_fallback`: when no prefill node can serve, the decode node prefills itself.
+    `cluster_token`: the nodes' shared secret, sent as a bearer credential with every call to a node.
     """
 
     mode: Mode
@@ -39,6 +40,7 @@ class RouterConfig:
     max_queue: int = 512
     colocated_fallback: bool = True
     api_key: str | None = field(default=None, repr=False)
+    cluster_token: str | None = field(default=None, repr=False)  # sent to every node (disagg.cluster_token)
 
     def __post_init__(self) -> None:
         if self.mode not in ("disagg", "colocated"):

@@ -120,6 +120,9 @@ async def _fetch_info(client: httpx.AsyncClient, url: str) -> NodeInfo | None:
     resp = await client.get(f"{url}/info")
     if resp.status_code == 404:
         return None
+    if resp.status_code == 401:
+        raise RuntimeError(f"{url}/info refused the router's cluster token (401): give the router the nodes' "
+                           "token (--cluster-token-file or $DISAGG_CLUSTER_TOKEN)")
     resp.raise_for_status()
     try:
         return NodeInfo.model_validate_json(resp.content)

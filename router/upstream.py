@@ -1,7 +1,8 @@
 """Calls from the router to a node's vLLM server, with every failure turned into a `DisaggError`.
 
 A 4xx from vLLM is about the client's request: it is relayed with vLLM's status and message. A 5xx,
-a refused connection or a broken stream is the node's fault: 502, and the node is reported failed.
+a 401/403 (the node refused the router's cluster token), a refused connection or a broken stream is the
+node's fault: 502, and the node is reported failed.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ class NodeFailure(UpstreamError):
 def error_from_response(role: str, status: int, content: bytes) -> DisaggError:
     """Map a vLLM error response to our hierarchy, keeping vLLM's message."""
     message, err_type, param = _vllm_error_fields(content)
+    if status in (401, 403):  # the node refused the router itself (cluster token), not the client's request
+        return NodeFailure(f"{role} node refused the router's cluster token (HTTP {status}): {message or ''}",
+                           code=f"{role}_unauthorized")
     if 400 <= status < 500:
         return ClientRelayedError(message or f"{role} node rejected the request ({status})",
                                   http_status=status, param=param, error_type=err_type)

@@ -28,6 +28,7 @@ class TransportSettings:
     role: str  # "prefill" | "decode"
     kv_host: str = "127.0.0.1"  # address the peer reaches this node's KV endpoint on
     kv_port: int = 5600  # NIXL side channel / our TCP server port
+    kv_bind_host: str | None = None  # tcp: the block server's bind address when it differs from kv_host
     kv_buffer_device: str = "cpu"  # "cpu" (pinned host buffer) or "cuda"
     lease_s: float = 30.0
     link: str = "auto"  # nixl: the UCX settings for this kind of link (`transport.ucx_link`)
@@ -46,6 +47,9 @@ class TransportSettings:
         if self.kv_buffer_device not in ("cpu", "cuda"):
             raise ConfigError(f"kv_buffer_device must be 'cpu' or 'cuda', not {self.kv_buffer_device!r}")
         ucx_env(self.link)  # raises for an unknown link type
+        if self.kv_bind_host is not None and self.name == "nixl" and self.kv_bind_host != self.kv_host:
+            raise ConfigError("nixl binds its KV side channel on the address it advertises (--kv-host); "
+                              "a different --kv-bind-host needs the tcp transport")
 
     @property
     def kv_role(self) -> str:
@@ -65,9 +69,11 @@ def kv_transfer_config(settings: TransportSettings) -> dict[str, Any] | None:
         config = {"kv_connector": "NixlConnector", "kv_buffer_device": settings.kv_buffer_device,
                   "kv_connector_extra_config": {"kv_lease_duration": max(1, round(settings.lease_s))}}
     else:
+        extra = {"host": settings.kv_host, "port": settings.kv_port, "lease_s": settings.lease_s}
+        if settings.kv_bind_host is not None:
+            extra["bind_host"] = settings.kv_bind_host
         config = {"kv_connector": "DisaggTcpConnector", "kv_connector_module_path": "transport.tcp.connector",
-                  "kv_connector_extra_config": {"host": settings.kv_host, "port": settings.kv_port,
-                                                "lease_s": settings.lease_s}}
+                  "kv_connector_extra_config": extra}
     config["kv_role"] = settings.kv_role
     if settings.role == "decode":
         config["kv_load_failure_policy"] = "recompute"

@@ -5,8 +5,9 @@ router, stopping the previous one if it used another transport. Every cluster, w
 have no request running and no KV block in use on either node, and must leave no process behind.
 Both vLLM servers run without prefix caching, so a disaggregated request must pull its KV from the
 prefill node and a colocated request must compute it: the comparison cannot be served from a cache.
-The tcp cluster runs with a cluster token (both nodes, through the environment) and the block server's
-test-only fault file (`Cluster.fault_file`, empty = no fault; see transport/tcp/faults.py).
+Every cluster runs with a cluster token (nodes and routers, through the environment): a direct call to a
+node's vLLM server needs `Cluster.node_headers`. The tcp cluster also has the block server's test-only fault
+file (`Cluster.fault_file`, empty = no fault; see transport/tcp/faults.py).
 """
 
 from __future__ import annotations
@@ -45,7 +46,12 @@ class Cluster:
     model_dir: Path
     log_dir: Path
     fault_file: Path | None = None  # tcp: DISAGG_TCP_FAULT_FILE of the nodes
-    cluster_token: str | None = field(default=None, repr=False)  # tcp: DISAGG_CLUSTER_TOKEN of the nodes
+    cluster_token: str = field(default="", repr=False)  # DISAGG_CLUSTER_TOKEN of the nodes and routers
+
+    @property
+    def node_headers(self) -> dict[str, str]:
+        """What a direct call to a node's vLLM server or /info needs."""
+        return {"Authorization": f"Bearer {self.cluster_token}"}
 
 
 class ClusterManager:
@@ -71,11 +77,12 @@ class ClusterManager:
                 "--kv-port-base", str(25000 + (os.getpid() % 500) * 2), "--no-prefix-caching",
                 "--kv-lease-s", str(KV_LEASE_S), "--restart-on-crash", "1", "--log-dir", str(log_dir)]
         env = {k: v for k, v in os.environ.items() if k not in ("DISAGG_TCP_FAULT_FILE", "DISAGG_CLUSTER_TOKEN")}
-        fault_file, token = None, None
+        fault_file, token = None, secrets.token_hex(16)
+        env.update(DISAGG_CLUSTER_TOKEN=token)
         if transport == "tcp":
-            fault_file, token = log_dir / "tcp-fault", secrets.token_hex(16)
+            fault_file = log_dir / "tcp-fault"
             fault_file.write_text("")
-            env.update(DISAGG_TCP_FAULT_FILE=str(fault_file), DISAGG_CLUSTER_TOKEN=token)
+            env.update(DISAGG_TCP_FAULT_FILE=str(fault_file))
         up = subprocess.Popen(argv, stdout=open(log_dir / "up.log", "wb"), stderr=subprocess.STDOUT,
                               start_new_session=True, env=env)
         cluster = Cluster(transport=transport, router_url=f"http://127.0.0.1:{router}",

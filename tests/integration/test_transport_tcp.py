@@ -46,7 +46,7 @@ def test_pull_of_unknown_request_is_recomputed_not_decoded_from_garbage(tcp_clus
             "remote_port": port, "remote_num_tokens": 200, "tp_size": 1, "kv_transport": "tcp"}
     before = vllm_metrics.read(tcp_cluster.decode_vllm_url)
     resp = httpx.post(f"{tcp_cluster.decode_vllm_url}/v1/completions", json={**body, "kv_transfer_params": fake},
-                      timeout=300)
+                      headers=tcp_cluster.node_headers, timeout=300)
     after = vllm_metrics.read(tcp_cluster.decode_vllm_url)
     assert resp.status_code == 200, resp.text
     assert resp.json()["choices"][0]["token_ids"] == colocated["token_ids"]
@@ -55,7 +55,7 @@ def test_pull_of_unknown_request_is_recomputed_not_decoded_from_garbage(tcp_clus
 
 def _prefill_kv_port(cluster) -> int:
     prefill_info_port = int(cluster.prefill_vllm_url.rsplit(":", 1)[1]) + 1
-    info = httpx.get(f"http://127.0.0.1:{prefill_info_port}/info", timeout=10).json()
+    info = httpx.get(f"http://127.0.0.1:{prefill_info_port}/info", headers=cluster.node_headers, timeout=10).json()
     assert info["transport"] == "tcp" and info["role"] == "prefill"
     return info["kv_port"]
 
@@ -67,7 +67,8 @@ def test_blocks_nobody_pulls_are_freed_when_the_lease_expires(tcp_cluster):
             "max_tokens": 1, "stream": False,
             "kv_transfer_params": {"do_remote_decode": True, "do_remote_prefill": False}}
     before = vllm_metrics.read(tcp_cluster.prefill_vllm_url)
-    resp = httpx.post(f"{tcp_cluster.prefill_vllm_url}/v1/completions", json=body, timeout=300)
+    resp = httpx.post(f"{tcp_cluster.prefill_vllm_url}/v1/completions", json=body, headers=tcp_cluster.node_headers,
+                      timeout=300)
     assert resp.status_code == 200 and resp.json()["kv_transfer_params"]["remote_block_ids"]
     held = vllm_metrics.read(tcp_cluster.prefill_vllm_url)["vllm:kv_cache_usage_perc"]
     assert held > 0, "the prefill node must hold the blocks for the decode node"

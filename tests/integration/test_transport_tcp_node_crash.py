@@ -33,9 +33,9 @@ def _wait(condition, timeout_s: float, what: str) -> None:
         time.sleep(1.0)
 
 
-def _get_ok(url: str) -> dict | None:
+def _get_ok(url: str, headers: dict[str, str]) -> dict | None:
     try:
-        resp = httpx.get(url, timeout=5)
+        resp = httpx.get(url, headers=headers, timeout=5)
     except httpx.HTTPError:
         return None
     return resp.json() if resp.status_code == 200 else None
@@ -44,7 +44,7 @@ def _get_ok(url: str) -> dict | None:
 @pytest.mark.timeout(600)
 def test_decode_killed_mid_stream_errors_explicitly_then_is_restarted_and_used_again(tcp_cluster):
     decode_info = _info_url(tcp_cluster.decode_vllm_url)
-    old_pid = httpx.get(f"{decode_info}/info", timeout=10).json()["pid"]
+    old_pid = httpx.get(f"{decode_info}/info", headers=tcp_cluster.node_headers, timeout=10).json()["pid"]
     body = {"model": tcp_cluster.model_name, "prompt": prompt_of(tcp_cluster.model_dir, 40, tag="[crash]"),
             "max_tokens": 400, "temperature": 0, "ignore_eos": True, "stream": True}
     lines: list[str] = []
@@ -62,11 +62,11 @@ def test_decode_killed_mid_stream_errors_explicitly_then_is_restarted_and_used_a
     assert len(data) < 200, "the stream went on after its server was killed"
 
     def restarted() -> bool:
-        info = _get_ok(f"{decode_info}/info")
+        info = _get_ok(f"{decode_info}/info", tcp_cluster.node_headers)
         return bool(info and info["pid"] != old_pid and info["engine_ready"])
 
     _wait(restarted, RESTART_TIMEOUT_S, "the decode node's vLLM server restarted")
-    _wait(lambda: _get_ok(f"{tcp_cluster.router_url}/health") is not None, 60, "the router took the node back")
+    _wait(lambda: _get_ok(f"{tcp_cluster.router_url}/health", {}) is not None, 60, "the router took the node back")
     again = {**body, "max_tokens": 8, "stream": False, "return_token_ids": True}
     disagg, colocated = (run(url, "completions", again) for url in (tcp_cluster.router_url, tcp_cluster.baseline_url))
     assert disagg["usage"]["completion_tokens"] == 8 and disagg["token_ids"] == colocated["token_ids"]

@@ -87,3 +87,12 @@ def test_kv_buffer_device_choice_on_cpu_hosts():
     assert _kv_buffer_device("auto", cuda=False) == "cpu"
     with pytest.raises(ConfigError, match="CUDA host"):
         _kv_buffer_device("cuda", cuda=False)
+
+
+def test_tcp_block_server_can_bind_another_address_than_it_advertises():
+    bound = TransportSettings(name="tcp", role="prefill", kv_host="10.0.0.1", kv_bind_host="0.0.0.0")
+    extra = kv_transfer_config(bound)["kv_connector_extra_config"]
+    assert (extra["host"], extra["bind_host"]) == ("10.0.0.1", "0.0.0.0")
+    assert "bind_host" not in kv_transfer_config(TransportSettings(name="tcp", role="prefill"))["kv_connector_extra_config"]
+    with pytest.raises(ConfigError, match="nixl binds"):
+        TransportSettings(name="nixl", role="prefill", kv_host="10.0.0.1", kv_bind_host="0.0.0.0")
