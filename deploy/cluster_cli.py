@@ -37,6 +37,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 def run_up_file(args: argparse.Namespace) -> int:
     cluster = Cluster.of(cluster_file.load(args.file))
+    if cluster.spec.token_file is None:
+        log.warning("%s sets no token_file: the nodes' vLLM servers and /info answer anyone who reaches them "
+                    "(see deploy/README.md, \"The cluster token\")", args.file)
     if args.install:
         from deploy.installer import install
 

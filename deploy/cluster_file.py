@@ -6,9 +6,11 @@
     name = "spark-pair"                    # names the run folder on each host
     model = "~/models/Llama-3.1-8B-Instruct"   # a Hugging Face folder, at this path on both node hosts
     transport = "nixl"                     # nixl | tcp | auto
+    token_file = "~/.config/disagg/cluster-token"   # the cluster token, at this path on every host (optional)
     [ssh]       user, port, identity_file, options = ["Key=Value", ...], connect_timeout_s
-    [hosts.NAME] address (HTTP), kv_address (KV link; default: address), ssh_address, ssh_user, ssh_port,
-                local (run here, without ssh), disagg (its path there), env = {UCX_NET_DEVICES = "..."}
+    [hosts.NAME] address (HTTP), kv_address (KV link; default: address), kv_bind (tcp: what the KV server
+                binds; default: kv_address), ssh_address, ssh_user, ssh_port, local (run here, without ssh),
+                disagg (its path there), env = {UCX_NET_DEVICES = "..."}
     [prefill]   host, port, info_port, kv_port, cpu_cores      (and [decode], the same)
     [router]    host ("local": the machine running `disagg up`), bind, port, baseline_port
     [engine]    max_model_len, dtype, prefix_caching, kv_buffer_device, kv_cache_gib, kv_lease_s, vllm_args
@@ -73,6 +75,7 @@ class HostSpec(_Strict):
 
     address: str
     kv_address: str | None = None
+    kv_bind: str | None = None  # tcp: the KV block server's bind address (e.g. 0.0.0.0 behind NAT; default: kv)
     ssh_address: str | None = None
     ssh_user: str | None = None
     ssh_port: int | None = Field(default=None, ge=1, le=65535)
@@ -80,7 +83,7 @@ class HostSpec(_Strict):
     disagg: str | None = None  # the disagg executable there (default: the same path as on this machine)
     env: dict[str, str] = Field(default_factory=dict)  # for the vLLM servers there (UCX_NET_DEVICES, ...)
 
-    _addresses = field_validator("address", "kv_address", "ssh_address")(_check_address)
+    _addresses = field_validator("address", "kv_address", "kv_bind", "ssh_address")(_check_address)
 
     @field_validator("env")
     @classmethod
@@ -93,6 +96,11 @@ class HostSpec(_Strict):
     @property
     def kv(self) -> str:
         return self.kv_address or self.address
+
+    @property
+    def kv_bind_address(self) -> str:
+        """Where this host's KV endpoint listens (the tcp block server may bind another address)."""
+        return self.kv_bind or self.kv
 
 
 class NodeSpec(_Strict):
@@ -150,6 +158,7 @@ class ClusterSpec(_Strict):
     served_model_name: str | None = None
     transport: Literal["nixl", "tcp", "auto"] = "nixl"
     run_dir: str | None = None  # pids and logs on each host (default: ~/.cache/disagg/clusters/NAME)
+    token_file: str | None = None  # the cluster token, at this path on every host (none: nodes are open)
     ready_timeout_s: float = Field(default=900.0, gt=0)
     ssh: SshSettings = SshSettings()
     hosts: dict[str, HostSpec] = Field(min_length=1)
@@ -165,6 +174,22 @@ class ClusterSpec(_Strict):
             if name == LOCAL or not re.match(_NAME, name):
                 raise ValueError(f"{name!r} cannot name a host (letters, digits, '.', '_', '-'; not 'local')")
         return hosts
+
+    @field_validator("token_file")
+    @classmethod
+    def _token_path(cls, path: str | None) -> str | None:
+        if path is not None and not path.startswith(("/", "~")):
+            raise ValueError(f"{path!r} must be absolute or start with ~ (it is read on every host)")
+        return path
+
+    @model_validator(mode="after")
+    def _kv_bind_needs_tcp(self) -> "ClusterSpec":
+        for name, host in self.hosts.items():
+            if self.transport != "tcp" and host.kv_bind_address != host.kv:
+                raise ValueError(f"hosts.{name}.kv_bind: {host.kv_bind!r} differs from the KV address {host.kv!r}, "
+                                 f"which needs transport = \"tcp\" (nixl binds the address it advertises"
+                                 f"{'; auto may pick nixl' if self.transport == 'auto' else ''})")
+        return self
 
     @model_validator(mode="after")
     def _roles_and_ports(self) -> "ClusterSpec":

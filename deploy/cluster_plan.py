@@ -1,6 +1,8 @@
 """From a cluster file to the components to run: which host, which `disagg` arguments, which ports,
 which health URL. The nodes get their HTTP address as bind address (the router calls it) and their KV
-address as `--kv-host` (the other node pulls from it); the host's `env` goes to its vLLM server."""
+address as `--kv-host` (the other node pulls from it; `--kv-bind-host` when the host sets `kv_bind`); the
+host's `env` goes to its vLLM server. With a `token_file`, every node and router gets
+`--cluster-token-file` (the path, read on the host it runs on)."""
 
 from __future__ import annotations
 
@@ -33,19 +35,24 @@ def plan(spec: ClusterSpec) -> list[Component]:
     prefill, decode = _node(spec, "prefill"), _node(spec, "decode")
     prefill_url = f"http://{_url_host(prefill.address)}:{spec.prefill.info_port}"
     decode_url = f"http://{_url_host(decode.address)}:{spec.decode.info_port}"
-    bind, reach = router_address(spec), _router_reach(spec)
+    bind, reach, token = router_address(spec), _router_reach(spec), _token_args(spec)
     components = [prefill, decode, Component(
         name="router", host=spec.router.host, address=reach, binds=((bind, spec.router.port, "router.port"),),
         health_port=spec.router.port,
         args=("router", "--mode", "disagg", "--prefill", prefill_url, "--decode", decode_url,
-              "--host", bind, "--port", str(spec.router.port)))]
+              "--host", bind, "--port", str(spec.router.port), *token))]
     if spec.router.baseline_port is not None:
         port = spec.router.baseline_port
         components.append(Component(
             name="baseline", host=spec.router.host, address=reach, binds=((bind, port, "router.baseline_port"),),
             health_port=port,
-            args=("router", "--mode", "colocated", "--decode", decode_url, "--host", bind, "--port", str(port))))
+            args=("router", "--mode", "colocated", "--decode", decode_url, "--host", bind, "--port", str(port),
+                  *token)))
     return components
+
+
+def _token_args(spec: ClusterSpec) -> tuple[str, ...]:
+    return ("--cluster-token-file", spec.token_file) if spec.token_file else ()
 
 
 def router_address(spec: ClusterSpec) -> str:
@@ -76,7 +83,9 @@ def _node(spec: ClusterSpec, role: str) -> Component:
             "--host", host.address, "--port", str(node.port), "--info-port", str(node.info_port),
             "--kv-host", host.kv, "--kv-port", str(node.kv_port), "--kv-lease-s", str(engine.kv_lease_s),
             "--kv-buffer-device", engine.kv_buffer_device, "--kv-cache-gib", str(engine.kv_cache_gib),
-            "--max-model-len", str(engine.max_model_len)]
+            "--max-model-len", str(engine.max_model_len), *_token_args(spec)]
+    if host.kv_bind:
+        args += ["--kv-bind-host", host.kv_bind]
     if spec.served_model_name:
         args += ["--served-model-name", spec.served_model_name]
     if node.cpu_cores:
@@ -90,7 +99,7 @@ def _node(spec: ClusterSpec, role: str) -> Component:
     if engine.vllm_args:
         args += ["--vllm-args", json.dumps(list(engine.vllm_args))]
     binds = ((host.address, node.port, f"{role}.port"), (host.address, node.info_port, f"{role}.info_port"),
-             (host.kv, node.kv_port, f"{role}.kv_port"))
+             (host.kv_bind_address, node.kv_port, f"{role}.kv_port"))
     return Component(name=role, host=node.host, args=tuple(args), address=host.address, binds=binds,
                      health_port=node.info_port)
 

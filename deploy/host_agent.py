@@ -1,7 +1,9 @@
 """`disagg host ...`: what the launcher runs on each host of a cluster (over ssh, or directly).
 
 - `check`: this host's disagg and vLLM versions, whether the model folder is there, whether the given
-  addresses are this host's and the given ports are free, and which components already run.
+  addresses are this host's and the given ports are free, which components already run, and whether
+  the cluster token file is usable (there, a valid token, readable by its owner only; a fingerprint of
+  the token, never the token, so that the launcher can tell whether the hosts hold the same one).
 - `start NAME -- ARGS`: start `disagg ARGS` detached (own session, log file, pid file) unless it runs.
 - `stop NAME`: SIGTERM its process group, wait, then SIGKILL whatever it spawned that is left.
 - `status NAME...`, `logs NAME`: pid and liveness; the log's last lines (or follow it).
@@ -20,6 +22,7 @@ import os
 import platform
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -27,6 +30,8 @@ from importlib import metadata
 from pathlib import Path
 
 from disagg import host as host_facts
+from disagg.cluster_token import read_token
+from disagg.errors import ConfigError
 
 SOURCE_PACKAGES = ("disagg", "transport", "prefill_node", "decode_node", "router", "deploy")
 START_SETTLE_S = 1.0  # a component that dies at once (bad argument) is reported by `start` itself
@@ -41,6 +46,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     check.add_argument("--engine", action="store_true", help="vLLM must be installed here")
     check.add_argument("--address", action="append", default=[], help="an address that must be this host's")
     check.add_argument("--port", action="append", default=[], metavar="ADDRESS:PORT", help="must be free")
+    check.add_argument("--token-file", help="the cluster token file that must be usable here")
     for name, helptext in (("start", "start a component"), ("stop", "stop a component"),
                            ("status", "pid and liveness of components"), ("logs", "print a component's log")):
         verb = verbs.add_parser(name, help=helptext)
@@ -72,8 +78,34 @@ def _check(args: argparse.Namespace) -> dict:
     if args.model:
         path = Path(args.model).expanduser()
         report["model"] = {"path": str(path), "ok": (path / "config.json").is_file()}
+    if args.token_file:
+        report["token_file"] = _token_file_report(args.token_file)
     if args.run_dir:
         report["running"] = {n: pid for n in args.name if (pid := _running_pid(_pid_file(args.run_dir, n)))}
+    return report
+
+
+def _token_file_report(path_text: str) -> dict:
+    """The expanded path, what is wrong with the file (short phrases: "not found", "empty", ...) and a
+    fingerprint of its token (a salted hash prefix: which hosts agree, not the token)."""
+    path = Path(path_text).expanduser()
+    report: dict = {"path": str(path), "problems": [], "fingerprint": None}
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        report["problems"].append("not found" if exc.errno == errno.ENOENT else f"unreadable: {exc.strerror}")
+        return report
+    if not stat.S_ISREG(mode):
+        report["problems"].append("not a regular file")
+        return report
+    if mode & 0o077:
+        report["problems"].append(f"open to group or others (mode {mode & 0o777:o}; chmod 600 it)")
+    try:
+        token = read_token(path)
+    except ConfigError as exc:
+        report["problems"].append(str(exc).removeprefix(f"cluster token file {path}").lstrip(": ").removeprefix("is "))
+    else:
+        report["fingerprint"] = hashlib.sha256(b"disagg-cluster-token\0" + token.encode()).hexdigest()[:16]
     return report
 
 

@@ -1,6 +1,7 @@
 """Checks before `disagg up FILE` starts anything: every host answers, runs the same disagg as this
 machine, node hosts have a supported vLLM (the same on both) and the model folder, every address is the
-host's own and every port is free. All problems are collected and reported together, each naming its
+host's own, every port is free and, with a `token_file`, that file holds a token (the same on every host)
+readable by its owner only. All problems are collected and reported together, each naming its
 host; components already running (a second `up`) are reported as such, and their ports are not busy."""
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ def check(spec: ClusterSpec, hosts: dict[str, Host], components: list[Component]
         result.running.update(report["running"])
         result.problems += _problems(spec, hosts[name], by_host[name], report)
     result.problems += _vllm_mismatch(spec, reports)
+    result.problems += _token_mismatch(spec, hosts, reports)
     return result
 
 
@@ -54,6 +56,8 @@ def _ask(spec: ClusterSpec, host: Host, components: list[Component]) -> dict:
         args += ["--name", c.name] + [f"--port={address}:{port}" for address, port, _ in c.binds]
     if any(c.is_node for c in components):
         args += ["--engine", "--model", spec.model]
+    if spec.token_file:
+        args += ["--token-file", spec.token_file]
     return host.agent(args, timeout_s=spec.ssh.connect_timeout_s + 60)
 
 
@@ -67,6 +71,7 @@ def _problems(spec: ClusterSpec, host: Host, components: list[Component], report
                         "(`disagg up FILE --install`)")
     if any(c.is_node for c in components):
         problems += _engine_problems(where, report)
+    problems += _token_problems(spec, where, report)
     for address, problem in report["addresses"].items():
         if problem:
             problems.append(f"{where}: {problem}")
@@ -91,6 +96,30 @@ def _engine_problems(where: str, report: dict) -> list[str]:
     if model and not model["ok"]:
         problems.append(f"{where}: model folder {model['path']} not found (no config.json there)")
     return problems
+
+
+def _token_problems(spec: ClusterSpec, where: str, report: dict) -> list[str]:
+    if not spec.token_file:
+        return []
+    token_file = report["token_file"]
+    hint = {"not found": "; put the cluster's token there, the same on every host (deploy/README.md)"}
+    return [f"{where}: token_file {token_file['path']}: {problem}{hint.get(problem, '')}"
+            for problem in token_file["problems"]]
+
+
+def _token_mismatch(spec: ClusterSpec, hosts: dict[str, Host], reports: dict[str, dict]) -> list[str]:
+    """Hosts whose token files hold different tokens (the nodes would refuse the router, and each other)."""
+    if not spec.token_file:
+        return []
+    groups: dict[str, list[str]] = {}
+    for name, report in reports.items():
+        if report["token_file"]["fingerprint"]:
+            groups.setdefault(report["token_file"]["fingerprint"], []).append(hosts[name].where)
+    if len(groups) < 2:
+        return []
+    described = "; ".join(", ".join(sorted(wheres)) for wheres in sorted(groups.values()))
+    return [f"token_file {spec.token_file} holds different tokens on the hosts (one token per group: {described}); "
+            "copy one token to every host"]
 
 
 def _vllm_mismatch(spec: ClusterSpec, reports: dict[str, dict]) -> list[str]:

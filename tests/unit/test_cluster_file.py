@@ -1,5 +1,6 @@
 """Cluster files: validation names the file, the field and the problem; the plan gives each node its
-HTTP and KV addresses and its host's environment; ssh command lines carry the file's settings."""
+HTTP and KV addresses (and KV bind address) and its host's environment, and every node and router the
+cluster token file; ssh command lines carry the file's settings."""
 
 from __future__ import annotations
 
@@ -56,6 +57,13 @@ def test_examples_load(name):
     assert len(cluster_plan.plan(spec)) >= 3
 
 
+@pytest.mark.parametrize("name", ["spark-pair.toml", "two-linux-tcp.toml"])
+def test_examples_protect_the_nodes_with_a_token_file(name):
+    spec = cluster_file.load(EXAMPLES / name)
+    assert spec.token_file == "~/.config/disagg/cluster-token"
+    assert all("--cluster-token-file" in c.args for c in cluster_plan.plan(spec))
+
+
 def test_spark_example_keeps_kv_in_host_memory_on_the_direct_link():
     spec = cluster_file.load(EXAMPLES / "spark-pair.toml")
     assert spec.engine.kv_buffer_device == "cpu" and spec.transport == "nixl"
@@ -77,6 +85,9 @@ def test_spark_example_keeps_kv_in_host_memory_on_the_direct_link():
      "router: port 8200 on host 'spark-02' is also used by decode"),
     (("StrictHostKeyChecking=no", "-oFoo"), "ssh.options: '-oFoo' is not an ssh option of the form Key=Value"),
     (("[hosts.spark-02]", "[hosts.local]"), "hosts: 'local' cannot name a host"),
+    (("ssh_port = 2222", "kv_bind = \"0.0.0.0/0\""), "hosts.spark-02.kv_bind: '0.0.0.0/0' is neither"),
+    (("transport = \"tcp\"", "transport = \"tcp\"\ntoken_file = \"cluster-token\""),
+     "token_file: 'cluster-token' must be absolute or start with ~"),
 ])
 def test_bad_field_names_file_field_and_problem(tmp_path, edit, expected):
     old, new = edit
@@ -84,6 +95,21 @@ def test_bad_field_names_file_field_and_problem(tmp_path, edit, expected):
     message = error_of(tmp_path, BASE.replace(old, new, 1))
     assert message.startswith(f"{tmp_path / 'cluster.toml'}: ")
     assert expected in message
+
+
+@pytest.mark.parametrize("transport,expected", [
+    ("nixl", "(nixl binds the address it advertises)"),
+    ("auto", "(nixl binds the address it advertises; auto may pick nixl)"),
+])
+def test_a_kv_bind_other_than_the_kv_address_needs_tcp(tmp_path, transport, expected):
+    text = BASE.replace('transport = "tcp"', f'transport = "{transport}"').replace(
+        "ssh_port = 2222", 'ssh_port = 2222\nkv_bind = "0.0.0.0"')
+    message = error_of(tmp_path, text)
+    assert message.startswith(f"{tmp_path / 'cluster.toml'}: hosts.spark-02.kv_bind: '0.0.0.0' differs from the "
+                              "KV address '10.0.0.2', which needs transport = \"tcp\" ")
+    assert message.endswith(expected)
+    same = text.replace('kv_bind = "0.0.0.0"', 'kv_bind = "10.0.0.2"')  # binding what it advertises: fine
+    assert "--kv-bind-host" in cluster_plan.plan(load_text(tmp_path, same))[1].args
 
 
 def test_syntax_error_and_missing_file_name_the_file(tmp_path):
@@ -110,6 +136,28 @@ def test_nodes_bind_http_address_and_serve_kv_on_kv_address(tmp_path):
     assert value(router.args, "--decode") == "http://10.0.0.2:8201" == value(baseline.args, "--decode")
     assert value(baseline.args, "--mode") == "colocated" and router.host == "local"
     assert cluster_plan.endpoint(spec) == "http://127.0.0.1:8000"
+
+
+def test_kv_bind_is_the_tcp_block_servers_bind_address(tmp_path):
+    spec = load_text(tmp_path, BASE.replace('kv_address = "10.9.0.1"', 'kv_address = "10.9.0.1"\nkv_bind = "0.0.0.0"'))
+    prefill, decode = cluster_plan.plan(spec)[:2]
+    args = prefill.args
+    assert args[args.index("--kv-bind-host") + 1] == "0.0.0.0" and args[args.index("--kv-host") + 1] == "10.9.0.1"
+    assert ("0.0.0.0", 5601, "prefill.kv_port") in prefill.binds  # what pre-flight checks is what it binds
+    assert "--kv-bind-host" not in decode.args and ("10.0.0.2", 5602, "decode.kv_port") in decode.binds
+    assert decode.args[decode.args.index("--kv-peer") + 1] == "10.9.0.1"  # the peer pulls from the kv address
+
+
+def test_token_file_goes_to_every_node_and_router(tmp_path):
+    spec = load_text(tmp_path, BASE.replace('transport = "tcp"', 'transport = "tcp"\n'
+                                            'token_file = "~/.config/disagg/cluster-token"'))
+    components = cluster_plan.plan(spec)
+    assert [c.name for c in components] == ["prefill", "decode", "router", "baseline"]
+    for component in components:
+        args = component.args
+        assert args[args.index("--cluster-token-file") + 1] == "~/.config/disagg/cluster-token", component.name
+        assert args.count("--cluster-token-file") == 1
+    assert not any("--cluster-token-file" in c.args for c in cluster_plan.plan(load_text(tmp_path, BASE)))
 
 
 def test_engine_settings_reach_both_nodes(tmp_path):

@@ -71,11 +71,13 @@ def _wait_listening(port: int) -> None:
     raise AssertionError("router never listened")
 
 
-def local_spec(tmp_path: Path, model: Path, prefill_port: int, kv_address: str = "127.0.0.1") -> Cluster:
+def local_spec(tmp_path: Path, model: Path, prefill_port: int, kv_address: str = "127.0.0.1",
+               token_file: Path | None = None) -> Cluster:
     text = f"""
 name = "unit"
 model = "{model}"
 run_dir = "{tmp_path / 'run'}"
+{f'token_file = "{token_file}"' if token_file else ''}
 [hosts.a]
 address = "127.0.0.1"
 kv_address = "{kv_address}"
@@ -124,6 +126,44 @@ def test_busy_port_bad_address_and_missing_model_fail_before_anything_starts(tmp
     assert "a (this machine): 10.255.255.1 is not an address of this host" in message
     assert f"model folder {model_dir} not found" in message
     assert not list((tmp_path / "run").glob("*.pid"))
+
+
+@pytest.mark.parametrize("content,mode,expected", [
+    (None, 0o600, "not found; put the cluster's token there, the same on every host"),
+    ("\n", 0o600, "empty"),
+    ("secret", 0o644, "open to group or others (mode 644; chmod 600 it)"),
+    ("two words", 0o600, "the token must be printable ASCII without spaces"),
+])
+def test_an_unusable_token_file_is_named_on_every_host_before_anything_starts(tmp_path, model_dir, content, mode,
+                                                                               expected):
+    token = tmp_path / "cluster-token"
+    if content is not None:
+        token.write_text(content)
+        token.chmod(mode)
+    with pytest.raises(ConfigError) as info:
+        up(local_spec(tmp_path, model_dir, free_port(), token_file=token))
+    message = str(info.value)
+    for where in ("a (this machine)", "b (this machine)", "local (this machine)"):  # nodes and the router
+        assert f"{where}: token_file {token}: {expected}" in message
+    assert "holds different tokens" not in message
+    assert not list((tmp_path / "run").glob("*.pid"))
+
+
+def test_the_agent_reads_the_token_file_in_the_users_home():
+    name = f".disagg-test-no-such-token-{free_port()}"
+    answer = agent("check", "--token-file", f"~/{name}")["token_file"]
+    assert answer == {"path": str(Path.home() / name), "problems": ["not found"], "fingerprint": None}
+
+
+def test_a_usable_token_file_passes_pre_flight(tmp_path, model_dir):
+    from deploy import preflight
+
+    token = tmp_path / "cluster-token"
+    token.write_text("0123abcd\n")
+    token.chmod(0o600)
+    cluster = local_spec(tmp_path, model_dir, free_port(), token_file=token)
+    found = preflight.check(cluster.spec, cluster.hosts, list(cluster.components))
+    assert not [p for p in found.problems if "token" in p], found.problems
 
 
 @pytest.mark.skipif(shutil.which("ssh") is None, reason="no ssh client on this host")
