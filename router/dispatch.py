@@ -53,11 +53,29 @@ class Dispatcher:
         if self.config.mode == "disagg":
             self.registry.require("decode")
             body, fallback = await self.prefill.run(body, endpoint, timing, call.headers)
+        tried: set[str] = set()
+        while True:
+            node = self._pick_decode(frozenset(tried), fallback)
+            tried.add(node.url)
+            try:
+                return await self._on_decode(node, body, endpoint, call, fallback)
+            except NodeFailure as exc:  # nothing reached the client yet: another decode node may serve it
+                if not self.registry.has_healthy("decode", frozenset(tried)):
+                    raise
+                self.metrics.retries.labels(exc.code or exc.error_type).inc()
+                log.warning("request %s: decode on %s failed before any output (%s); retrying on another "
+                            "decode node", timing.request_id, node.url, exc.message)
+
+    def _pick_decode(self, exclude: frozenset[str], fallback: str | None) -> Node:
         try:
-            node = self.registry.pick("decode")
+            return self.registry.pick("decode", exclude)
         except NoNodeAvailable as exc:
             exc.message += f"; prefill: {fallback}" if fallback else ""
             raise
+
+    async def _on_decode(self, node: Node, body: dict[str, Any], endpoint: str, call: Call,
+                         fallback: str | None) -> Any:
+        timing = call.timing
         if timing.prompt_tokens is not None and node.info is not None and fallback is None:
             timing.kv_bytes = timing.prompt_tokens * node.info.kv_bytes_per_token
         url = node.vllm_url + protocol.PATHS[endpoint]
@@ -79,14 +97,12 @@ class Dispatcher:
 
     async def _stream(self, node: Node, url: str, body: dict[str, Any], call: Call) -> StreamingResponse:
         """Open the decode node's stream; from here the relay owns the request's scope (slot included)."""
-        scope = call.scope.pop_all()
-        try:
-            resp = await scope.enter_async_context(open_stream(self.client, "decode", url, body, call.headers))
-        except BaseException as exc:
-            await scope.aclose()
-            if isinstance(exc, NodeFailure):
-                self.registry.mark_failed(node, exc.message)
+        try:  # on failure the slot stays in the call's scope, for a retry or for `_serve` to release
+            resp = await call.scope.enter_async_context(open_stream(self.client, "decode", url, body, call.headers))
+        except NodeFailure as exc:
+            self.registry.mark_failed(node, exc.message)
             raise
+        scope = call.scope.pop_all()
         relay = StreamRelay(resp, scope, call.timing, call.deadline_s, self.metrics, self.finish)
         return relay.response(_response_headers(call.timing))
 

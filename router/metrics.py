@@ -26,8 +26,8 @@ class RouterMetrics:
                                 ["endpoint", "mode", "status"], registry=r)
         self.failures = Counter("disagg_router_failures", "Requests that failed, by reason (error code)",
                                 ["reason"], registry=r)
-        self.retries = Counter("disagg_router_retries", "Prefill calls retried on another prefill node, "
-                               "by the failure's reason", ["reason"], registry=r)
+        self.retries = Counter("disagg_router_retries", "Node calls retried on another node of the same "
+                               "role before any output, by the failure's reason (prefill_* or decode_*)", ["reason"], registry=r)
         self.fallbacks = Counter("disagg_router_fallbacks", "Disagg requests served colocated on the decode "
                                  "node because no prefill node could serve, by reason", ["reason"], registry=r)
         self.ttft_s = Histogram("disagg_router_ttft_seconds", "Time to first token seen by the router",

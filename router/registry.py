@@ -78,8 +78,8 @@ class NodeRegistry:
             raise NoNodeAvailable(f"no healthy {role} node ({errors})", code=f"no_{role}_node")
         return healthy
 
-    def has_healthy(self, role: str) -> bool:
-        return any(n.healthy for n in self.nodes if n.role == role)
+    def has_healthy(self, role: str, exclude: frozenset[str] = frozenset()) -> bool:
+        return any(n.healthy for n in self.nodes if n.role == role and n.url not in exclude)
 
     def mark_failed(self, node: Node, reason: str) -> None:
         """A request saw the node fail; keep it out until the next health check says otherwise."""

@@ -45,8 +45,17 @@ def error_from_exception(role: str, exc: httpx.HTTPError) -> DisaggError:
     if isinstance(exc, (httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout)):
         return DeadlineExceeded(f"{role} node did not answer in time ({type(exc).__name__})",
                                 code=f"{role}_timeout")
-    return NodeFailure(f"{role} node unreachable or broke the connection: {type(exc).__name__}: {exc}",
-                       code=f"{role}_unreachable")
+    return NodeFailure(f"{role} node{_url_of(exc)} unreachable or broke the connection: {type(exc).__name__}: "
+                       f"{exc}", code=f"{role}_unreachable")
+
+
+def _url_of(exc: httpx.HTTPError) -> str:
+    """' at URL' for an error with a request, else ''."""
+    try:
+        url = exc.request.url
+    except RuntimeError:  # httpx raises when the error has no request
+        return ""
+    return f" at {url.scheme}://{url.netloc.decode()}"
 
 
 async def post_json(client: httpx.AsyncClient, role: str, url: str, body: dict[str, Any],

@@ -7,6 +7,7 @@ import json
 from contextlib import ExitStack
 
 import httpx
+import pytest
 
 from router.app import create_app
 from router.config import RouterConfig
@@ -163,3 +164,35 @@ def test_a_client_leaving_right_after_done_is_counted_ok():
         ok = 'disagg_router_requests_total{endpoint="completions",mode="disagg",status="ok"}'
         assert wait_for(lambda: c.metric(ok) == 1)
         assert c.metric(ok.replace('"ok"', '"client_disconnected"')) == 0
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
+def test_a_decode_node_failing_before_any_output_is_retried_on_another(stream):
+    with stub_cluster(decodes=2) as c:
+        c.decodes[0].fail_status = 500  # round robin picks it first
+        resp = httpx.post(f"{c.url}/v1/completions", json=completion(stream=stream), timeout=10)
+        assert resp.status_code == 200, resp.text
+        assert "[DONE]" in resp.text if stream else resp.json()["choices"][0]["text"]
+        assert len(c.decodes[0].calls) == 1 and len(c.decodes[1].pulled) == 1
+        assert c.metric('disagg_router_retries_total{reason="decode_http_500"}') == 1
+        assert c.metric("disagg_router_requests_in_flight") == 0
+        _ok(c.url)
+
+
+def test_an_unreachable_decode_node_is_retried_and_with_none_left_the_error_names_it():
+    with ExitStack() as stack:
+        (prefill_app, _), (gone_app, _), (live_app, live) = (
+            create_stub("prefill"), create_stub("decode"), create_stub("decode"))
+        gone_ctx = serve(gone_app)
+        gone_url = gone_ctx.__enter__()
+        config = RouterConfig(mode="disagg", prefill_urls=(stack.enter_context(serve(prefill_app)),),
+                              decode_urls=(gone_url, stack.enter_context(serve(live_app))), health_interval_s=60)
+        url = stack.enter_context(serve(create_app(config)))
+        gone_ctx.__exit__(None, None, None)  # dies after the router saw it healthy
+        _ok(url)
+        assert len(live.pulled) == 1
+    with stub_cluster() as c:
+        c.decodes[0].fail_status = 500
+        resp = httpx.post(f"{c.url}/v1/completions", json=completion(), timeout=10)
+        assert resp.status_code == 502 and "decode node" in resp.json()["error"]["message"]
+        assert c.metric("disagg_router_requests_in_flight") == 0
