@@ -3,8 +3,10 @@ started over ssh, the routers here. Greedy output equals the colocated baseline 
 `tcp` and over `nixl` (UCX kept on TCP so that it cannot use shared memory between the namespaces); the
 KV bytes crossed the veth link between the namespaces; with the link rate-limited, the transfer time per
 request follows the bandwidth; a second `up` starts nothing; `disagg down` leaves no process behind.
-A cluster file with an unreachable host, a busy port, a bad field or a host without disagg fails fast
-and starts nothing.
+The clusters run with a cluster token file: a node's vLLM server and /info refuse a request without the
+token (401) and answer one with it; the tcp KV servers bind every address (`kv_bind`).
+A cluster file with an unreachable host, a busy port, a bad field, a host without disagg or a missing
+token file fails fast and starts nothing.
 Skipped (with the reason) only where network namespaces cannot be created."""
 
 from __future__ import annotations
@@ -12,13 +14,14 @@ from __future__ import annotations
 import subprocess
 import time
 
+import httpx
 import pytest
 
 from tests.integration import vllm_metrics
 from tests.integration.prompts import prompt_of
 from tests.integration.test_equality import _body, disagg_and_colocated, run
 from tests.integration.two_host_cluster import (ADDRESSES, Harness, TwoHostClusters, cluster_file_text, disagg,
-                                                namespaces_unavailable)
+                                                namespaces_unavailable, write_token_file)
 
 pytestmark = pytest.mark.integration
 KV_BYTES_PER_TOKEN = 46_080  # SmolLM2-135M in fp32
@@ -53,13 +56,17 @@ def two_hosts(harness: Harness, clusters, tmp_path_factory: pytest.TempPathFacto
 # --- a bad cluster file fails fast and starts nothing (no vLLM needed) ---------------------------------
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("case", ["unreachable", "busy-port", "bad-field", "no-disagg"])
+@pytest.mark.parametrize("case", ["unreachable", "busy-port", "bad-field", "no-disagg", "no-token"])
 def test_bad_cluster_fails_fast_naming_the_problem_and_starts_nothing(harness, tmp_path, case):
-    text = cluster_file_text(harness, "tcp", tmp_path / "run", 18999, 18998, tmp_path)
+    token_file = tmp_path / "cluster-token"
+    text = cluster_file_text(harness, "tcp", tmp_path / "run", 18999, 18998, tmp_path, token_file)
     expected = {"unreachable": "spark-02 (root@10.77.2.2): unreachable over ssh",
                 "busy-port": "spark-01 (root@10.77.1.2): port 8100 on 10.77.1.2 (prefill.port) is already in use",
                 "bad-field": "decode.host: 'spark-03' is not in [hosts]",
-                "no-disagg": "spark-02 (root@10.77.2.2): disagg is not installed at /opt/none/.venv/bin/disagg"}[case]
+                "no-disagg": "spark-02 (root@10.77.2.2): disagg is not installed at /opt/none/.venv/bin/disagg",
+                "no-token": f"spark-02 (root@10.77.2.2): token_file {token_file}: not found"}[case]
+    if case != "no-token":
+        write_token_file(token_file)
     if case == "unreachable":
         text = text.replace('[hosts.spark-02]\n', '[hosts.spark-02]\nssh_port = 2\n')
     elif case == "no-disagg":
@@ -127,6 +134,23 @@ CASES = [(12, "completions", False), (300, "chat", True)]
 @pytest.mark.parametrize("size,endpoint,stream", CASES, ids=["completions-12", "chat-stream-300"])
 def test_tcp_across_namespaces_equals_colocated_and_crosses_the_link(two_hosts, harness, size, endpoint, stream):
     _equal_and_crossed_the_link(two_hosts, harness, "tcp", size, endpoint, stream)
+
+
+@pytest.mark.timeout(60)
+def test_nodes_answer_only_requests_with_the_cluster_token(two_hosts):
+    cluster = two_hosts.get("tcp").cluster
+    for vllm_url in (cluster.prefill_vllm_url, cluster.decode_vllm_url):
+        address, port = vllm_url.rsplit(":", 1)
+        info_url = f"{address}:{int(port) + 1}"  # info_port: the default, vLLM's port + 1
+        for url in (f"{vllm_url}/v1/models", f"{info_url}/info"):
+            assert httpx.get(url, timeout=10).status_code == 401, url
+            assert httpx.get(url, headers={"Authorization": "Bearer wrong"}, timeout=10).status_code == 401, url
+            assert httpx.get(url, headers=cluster.node_headers, timeout=10).status_code == 200, url
+        assert httpx.get(f"{info_url}/health", timeout=10).status_code == 200  # liveness stays open
+    # kv_bind = "0.0.0.0": the KV block server listens on every address of its host
+    listening = subprocess.run(["ip", "netns", "exec", "spark-01", "ss", "-ltnH", "sport", "= :5601"],
+                               capture_output=True, text=True, check=True).stdout
+    assert "0.0.0.0:5601" in listening, listening
 
 
 @pytest.mark.timeout(120)

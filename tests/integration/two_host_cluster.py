@@ -1,6 +1,8 @@
 """Two "hosts" (network namespaces spark-01 and spark-02 with sshd, deploy/two_hosts.sh) and clusters
 started on them by `disagg up FILE`: prefill in spark-01, decode in spark-02 (both over ssh), the
 router and a colocated baseline router in the root namespace. KV goes over the direct veth link `kv0`.
+Every cluster runs with a cluster token (`token_file`, one file: the namespaces share the filesystem), so
+a direct call to a node needs `Cluster.node_headers`; the tcp cluster's KV servers bind 0.0.0.0 (`kv_bind`).
 
 One cluster at a time (`TwoHostClusters.get(transport)`); stopping one checks that both nodes are
 drained, that `disagg down` succeeds and that no process is left in either namespace or here.
@@ -9,6 +11,7 @@ drained, that `disagg down` succeeds and that no process is left in either names
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -90,17 +93,29 @@ def _cmdline(pid: str) -> str | None:
         return None
 
 
+def write_token_file(path: Path) -> str:
+    """A fresh cluster token in `path`, readable by its owner only (as pre-flight requires)."""
+    token = secrets.token_hex(16)
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_text(token + "\n")
+    return token
+
+
 def cluster_file_text(harness: Harness, transport: str, run_dir: Path, router_port: int, baseline_port: int,
-                      model_dir: Path) -> str:
+                      model_dir: Path, token_file: Path) -> str:
     hosts = ""
     for host, (address, kv_address) in ADDRESSES.items():
         # UCX would use shared memory between namespaces (one filesystem, one /dev/shm): keep it on kv0.
         hosts += (f'[hosts.{host}]\naddress = "{address}"\nkv_address = "{kv_address}"\n'
                   f'env = {{ UCX_TLS = "tcp", UCX_NET_DEVICES = "{KV_DEVICE}" }}\n')
+        if transport == "tcp":
+            hosts += 'kv_bind = "0.0.0.0"\n'  # the peer still pulls from kv_address, over kv0
     return f"""name = "two-hosts-{transport}"
 model = "{model_dir}"
 transport = "{transport}"
 run_dir = "{run_dir}"
+token_file = "{token_file}"
 ready_timeout_s = {UP_TIMEOUT_S - 60}
 [ssh]
 user = "root"
@@ -149,9 +164,10 @@ class TwoHostClusters:
     def _start(self, transport: str) -> TwoHostCluster:
         run_dir = self.work_dir / f"run-{transport}"
         router_port, baseline_port = free_port(), free_port()
-        file = self.work_dir / f"two-hosts-{transport}.toml"
+        file, token_file = self.work_dir / f"two-hosts-{transport}.toml", self.work_dir / f"token-{transport}"
+        token = write_token_file(token_file)
         file.write_text(cluster_file_text(self.harness, transport, run_dir, router_port, baseline_port,
-                                          self.model_dir))
+                                          self.model_dir, token_file))
         started_s = time.monotonic()
         up = disagg("up", str(file), timeout_s=UP_TIMEOUT_S)
         if up.returncode != 0:
@@ -161,7 +177,8 @@ class TwoHostClusters:
         cluster = Cluster(transport=transport, router_url=f"http://127.0.0.1:{router_port}",
                           baseline_url=f"http://127.0.0.1:{baseline_port}",
                           prefill_vllm_url=f"http://{prefill_http}:8100", decode_vllm_url=f"http://{decode_http}:8200",
-                          model_name=self.model_dir.name, model_dir=self.model_dir, log_dir=run_dir)
+                          model_name=self.model_dir.name, model_dir=self.model_dir, log_dir=run_dir,
+                          cluster_token=token)
         return TwoHostCluster(file, cluster, router_port, baseline_port, time.monotonic() - started_s)
 
     def stop(self) -> None:
