@@ -53,11 +53,12 @@ def run(url: str, endpoint: str, body: dict) -> dict:
     return {"text": "".join(pieces), "token_ids": None, "usage": usage}
 
 
-def disagg_and_colocated(cluster, endpoint: str, body: dict) -> tuple[dict, dict, dict[str, float]]:
-    """The request through the disagg router, then the baseline; with the decode node's metric deltas
-    over the disaggregated request."""
+def disagg_and_colocated(cluster, endpoint: str, body: dict,
+                         router_url: str | None = None) -> tuple[dict, dict, dict[str, float]]:
+    """The request through the disagg router (the cluster's, or `router_url`), then the baseline; with the
+    decode node's metric deltas over the disaggregated request."""
     before = vllm_metrics.read(cluster.decode_vllm_url)
-    disagg = run(cluster.router_url, endpoint, body)
+    disagg = run(router_url or cluster.router_url, endpoint, body)
     after = vllm_metrics.read(cluster.decode_vllm_url)
     deltas = {key: vllm_metrics.delta(before, after, key) for key in after}
     return disagg, run(cluster.baseline_url, endpoint, body), deltas

@@ -11,6 +11,7 @@ import time
 import pytest
 
 from tests.integration import vllm_metrics
+from tests.integration.checks import assert_serves_and_drained
 from tests.integration.cluster_manager import _drained
 from tests.integration.prompts import prompt_of
 from tests.integration.test_equality import _body, disagg_and_colocated
@@ -63,6 +64,7 @@ def test_faulty_pull_is_recomputed_token_for_token_and_leaves_nothing(tcp_cluste
 
     _, deltas = _disagg_equals_colocated(tcp_cluster, f"[tcp-after-{fault}]")
     assert deltas[FAILED] == 0 and deltas.get("vllm:disagg_tcp_kv_pulled_bytes_total", 0.0) > 0
+    assert_serves_and_drained(tcp_cluster, f"[after-{fault}]")
 
 
 def test_pull_without_the_cluster_token_is_refused(tcp_cluster):
@@ -79,4 +81,4 @@ def test_pull_without_the_cluster_token_is_refused(tcp_cluster):
     _disagg_equals_colocated(tcp_cluster, "[tcp-token]")  # the engine steps, so its counters are flushed
     key = "vllm:disagg_tcp_kv_unauthorized_frames_total"
     assert _wait_delta(tcp_cluster.prefill_vllm_url, before, key, 2) == 2
-    assert _drained(tcp_cluster) == {}
+    assert_serves_and_drained(tcp_cluster, "[after-token]")

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from tests.integration import vllm_metrics
+from tests.integration.checks import assert_serves_and_drained
 from tests.integration.prompts import prompt_of
 from tests.integration.test_equality import SIZES, _body, disagg_and_colocated, run
 
@@ -51,6 +52,7 @@ def test_pull_of_unknown_request_is_recomputed_not_decoded_from_garbage(tcp_clus
     assert resp.status_code == 200, resp.text
     assert resp.json()["choices"][0]["token_ids"] == colocated["token_ids"]
     assert vllm_metrics.delta(before, after, "vllm:disagg_tcp_kv_failed_pulls_total") >= 1
+    assert_serves_and_drained(tcp_cluster, "[after-unknown-pull]")
 
 
 def _prefill_kv_port(cluster) -> int:
@@ -78,3 +80,4 @@ def test_blocks_nobody_pulls_are_freed_when_the_lease_expires(tcp_cluster):
         time.sleep(1.0)
     after = vllm_metrics.read(tcp_cluster.prefill_vllm_url)
     assert vllm_metrics.delta(before, after, "vllm:disagg_tcp_kv_expired_leases_total") == 1
+    assert_serves_and_drained(tcp_cluster, "[after-lease]")

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from tests.integration import vllm_metrics
+from tests.integration.checks import assert_serves_and_drained
 from tests.integration.cluster_manager import KV_LEASE_S
 from tests.integration.prompts import prompt_of
 from tests.integration.test_equality import run
@@ -72,3 +73,4 @@ def test_decode_killed_mid_stream_errors_explicitly_then_is_restarted_and_used_a
     assert disagg["usage"]["completion_tokens"] == 8 and disagg["token_ids"] == colocated["token_ids"]
     _wait(lambda: vllm_metrics.read(tcp_cluster.prefill_vllm_url).get("vllm:kv_cache_usage_perc", 1.0) == 0.0,
           KV_LEASE_S + 60, "the prefill node freed the blocks nobody pulled")
+    assert_serves_and_drained(tcp_cluster, "[after-decode-crash]")
