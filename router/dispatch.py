@@ -88,7 +88,8 @@ class Dispatcher:
         try:
             data = await post_json(self.client, "decode", url, body, call.headers)
         except NodeFailure as exc:
-            self.registry.mark_failed(node, exc.message)
+            if exc.node_down:
+                self.registry.mark_failed(node, exc.message)
             raise
         call.timing.decode_s = time.monotonic() - started_s
         note_usage(data, call.timing)
@@ -100,7 +101,8 @@ class Dispatcher:
         try:  # on failure the slot stays in the call's scope, for a retry or for `_serve` to release
             resp = await call.scope.enter_async_context(open_stream(self.client, "decode", url, body, call.headers))
         except NodeFailure as exc:
-            self.registry.mark_failed(node, exc.message)
+            if exc.node_down:
+                self.registry.mark_failed(node, exc.message)
             raise
         scope = call.scope.pop_all()
         relay = StreamRelay(resp, scope, call.timing, call.deadline_s, self.metrics, self.finish)

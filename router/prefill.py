@@ -59,7 +59,8 @@ class PrefillStep:
             data = await post_json(self.client, "prefill", node.vllm_url + protocol.PATHS[endpoint],
                                    protocol.prefill_request(body), headers)
         except NodeFailure as exc:
-            self.registry.mark_failed(node, exc.message)
+            if exc.node_down:
+                self.registry.mark_failed(node, exc.message)
             raise
         params = protocol.kv_transfer_params(data)
         timing.prefill_s = time.monotonic() - started_s

@@ -25,7 +25,16 @@ def encode_json(body: dict[str, Any]) -> bytes:
 
 
 class NodeFailure(UpstreamError):
-    """The node itself failed (connection, 5xx, protocol); the registry should mark it down."""
+    """The node failed this request (connection, 5xx, protocol, refused token); another node may serve it.
+
+    `node_down`: the node itself looks broken (unreachable, protocol, token refused), so the registry takes it
+    out of rotation until a health check says otherwise. A 5xx answer is not that: the node is alive and
+    answering, and one request that makes vLLM fail (hostile input) must not take a node out of rotation.
+    """
+
+    def __init__(self, message: str, *, code: str | None = None, node_down: bool = True) -> None:
+        super().__init__(message, code=code)
+        self.node_down = node_down
 
 
 def error_from_response(role: str, status: int, content: bytes) -> DisaggError:
@@ -38,7 +47,7 @@ def error_from_response(role: str, status: int, content: bytes) -> DisaggError:
         return ClientRelayedError(message or f"{role} node rejected the request ({status})",
                                   http_status=status, param=param, error_type=err_type)
     return NodeFailure(f"{role} node failed with HTTP {status}: {message or 'no message'}",
-                       code=f"{role}_http_{status}")
+                       code=f"{role}_http_{status}", node_down=False)
 
 
 def error_from_exception(role: str, exc: httpx.HTTPError) -> DisaggError:

@@ -29,6 +29,11 @@ def parse_body(raw: bytes) -> dict[str, Any]:
         raise BadRequest("request body must be a JSON object", code="invalid_json")
     if _depth(body) > MAX_JSON_DEPTH:
         raise BadRequest(f"request body nests deeper than {MAX_JSON_DEPTH} levels", code="invalid_json")
+    try:  # a lone UTF-16 surrogate escape (e.g. "\\ud800") is valid JSON but not text: vLLM fails on it (500)
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest("request body holds a lone UTF-16 surrogate escape (\\ud800-\\udfff without its pair): "
+                         "not valid Unicode text", code="invalid_unicode") from None
     return body
 
 

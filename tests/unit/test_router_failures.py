@@ -191,8 +191,10 @@ def test_an_unreachable_decode_node_is_retried_and_with_none_left_the_error_name
         gone_ctx.__exit__(None, None, None)  # dies after the router saw it healthy
         _ok(url)
         assert len(live.pulled) == 1
-    with stub_cluster() as c:
+    with stub_cluster(health_interval_s=60) as c:  # no health check in between: the router's own view
         c.decodes[0].fail_status = 500
         resp = httpx.post(f"{c.url}/v1/completions", json=completion(), timeout=10)
         assert resp.status_code == 502 and "decode node" in resp.json()["error"]["message"]
         assert c.metric("disagg_router_requests_in_flight") == 0
+        c.decodes[0].fail_status = None  # a 5xx answer is that request's failure: the node stays in rotation
+        _ok(c.url)

@@ -189,12 +189,22 @@ def test_a_body_that_is_not_json_by_its_content_type_gets_415():
         assert ok.status_code == 200 and len(c.decodes[0].calls) == 1
 
 
-def test_lone_surrogates_in_a_prompt_reach_the_node_escaped_not_as_a_crash():
+@pytest.mark.parametrize("raw", [
+    b'{"model": "stub-model", "prompt": "a\\ud800b", "max_tokens": 2}',
+    b'{"model": "stub-model", "prompt": "hi", "stop": "\\udfff", "max_tokens": 2}',
+    b'{"model": "stub-model", "messages": [{"role": "user", "content": "x\\ud83d"}]}',
+    b'{"model": "stub-model", "prompt": "hi", "logit_bias": {"\\ud800": 1}}',
+])
+def test_lone_surrogates_anywhere_are_a_400_and_reach_no_node(raw):
     with stub_cluster() as c:
-        raw = b'{"model": "stub-model", "prompt": "a\\ud800b", "max_tokens": 2}'
-        resp = httpx.post(f"{c.url}/v1/completions", content=raw, headers={"content-type": "application/json"},
-                          timeout=10)
-        assert resp.status_code < 500, resp.text
+        path = "/v1/chat/completions" if b"messages" in raw else "/v1/completions"
+        resp = httpx.post(f"{c.url}{path}", content=raw, headers={"content-type": "application/json"}, timeout=10)
+        _assert_openai_error(resp, 400, "invalid_unicode")
+        assert c.prefills[0].calls == [] and c.decodes[0].calls == []
+        paired = b'{"model": "stub-model", "prompt": "a\\ud83d\\ude00b", "max_tokens": 2}'  # a valid pair: fine
+        ok = httpx.post(f"{c.url}/v1/completions", content=paired, headers={"content-type": "application/json"},
+                        timeout=10)
+        assert ok.status_code == 200, ok.text
 
 
 def test_a_client_gone_while_sending_its_body_is_counted_not_an_error():
