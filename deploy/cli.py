@@ -53,6 +53,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-prefix-caching", action="store_true", help="disable vLLM's prefix cache on the nodes")
     p.add_argument("--kv-lease-s", type=float, default=30.0,
                    help="seconds the prefill node keeps KV blocks nobody pulls (default: 30)")
+    p.add_argument("--kv-transfer-timeout-s", type=float, default=30.0,
+                   help="tcp transport: seconds a KV pull may take before the decode node recomputes (default: 30)")
     p.add_argument("--restart-on-crash", type=int, default=0, metavar="N",
                    help="--local: each node restarts a vLLM server that dies, up to N times (default: 0: a dead "
                    "server stops the cluster)")
@@ -97,7 +99,7 @@ def _run_up_local(args: argparse.Namespace) -> int:
         router_port=args.port, baseline_port=args.baseline_port, prefill_port=args.prefill_port,
         decode_port=args.decode_port, kv_port_base=args.kv_port_base, max_model_len=args.max_model_len,
         prefix_caching=not args.no_prefix_caching, log_dir=args.log_dir, ready_timeout_s=args.ready_timeout_s,
-        node_env=tuple(args.env), kv_lease_s=args.kv_lease_s,
+        node_env=tuple(args.env), kv_lease_s=args.kv_lease_s, kv_transfer_timeout_s=args.kv_transfer_timeout_s,
         restart_on_crash=args.restart_on_crash, cluster_token=_local_cluster_token())
     busy = local.ports_in_use(config)
     if busy:

@@ -40,6 +40,7 @@ class LocalClusterConfig:
     ready_timeout_s: float = 600.0
     node_env: tuple[str, ...] = ()  # KEY=VALUE for both vLLM servers
     kv_lease_s: float = 30.0
+    kv_transfer_timeout_s: float = 30.0
     restart_on_crash: int = 0  # times each node restarts a vLLM server that dies
     cluster_token: str | None = field(default=None, repr=False)  # to nodes and routers via their environment
 
@@ -76,6 +77,7 @@ def _node(config: LocalClusterConfig, role: str, port: int, kv_port: int) -> Man
     args = [role, "--model", str(config.model_dir), "--port", str(port), "--info-port", str(port + 1),
             "--kv-port", str(kv_port), "--transport", config.transport if config.mode == "disagg" else "none",
             "--max-model-len", str(config.max_model_len), "--kv-lease-s", str(config.kv_lease_s),
+            "--kv-transfer-timeout-s", str(config.kv_transfer_timeout_s),
             "--restart-on-crash", str(config.restart_on_crash)]
     if not config.prefix_caching:
         args.append("--no-prefix-caching")

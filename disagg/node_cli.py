@@ -51,6 +51,9 @@ def add_node_parser(sub: argparse._SubParsersAction, role: str, help_text: str, 
     p.add_argument("--kv-lease-s", type=float, default=30.0,
                    help="prefill side: seconds KV blocks wait for the decode node's pull before they are freed "
                    "(default: 30)")
+    p.add_argument("--kv-transfer-timeout-s", type=float, default=30.0,
+                   help="tcp transport: seconds one KV pull may take end to end (both sides); past it the decode node "
+                   "gives up and computes the prompt itself (default: 30; raise it for large KV on slow links)")
     p.add_argument("--kv-link", choices=KV_LINKS, default="auto",
                    help="nixl: the kind of KV link, which sets UCX's transports: roce, ib, tcp, shm, or auto (UCX "
                    "picks) (default: auto); see transport/ucx_link.py")
@@ -92,7 +95,8 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
     log.info("%s node transport: %s (%s)", role, choice.name, choice.reason)
     transport = TransportSettings(name=choice.name, role=role, kv_host=args.kv_host, kv_port=args.kv_port,
                                   kv_bind_host=args.kv_bind_host,
-                                  lease_s=args.kv_lease_s, link=args.kv_link, net_device=args.kv_net_device,
+                                  lease_s=args.kv_lease_s, transfer_timeout_s=args.kv_transfer_timeout_s,
+                                  link=args.kv_link, net_device=args.kv_net_device,
                                   kv_buffer_device=_kv_buffer_device(args.kv_buffer_device, cuda))
     token = read_token(args.cluster_token_file)
     if token and choice.name == "nixl":

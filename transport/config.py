@@ -31,6 +31,7 @@ class TransportSettings:
     kv_bind_host: str | None = None  # tcp: the block server's bind address when it differs from kv_host
     kv_buffer_device: str = "cpu"  # "cpu" (pinned host buffer) or "cuda"
     lease_s: float = 30.0
+    transfer_timeout_s: float = 30.0  # tcp: one whole pull, both sides; past it the decode node recomputes
     link: str = "auto"  # nixl: the UCX settings for this kind of link (`transport.ucx_link`)
     net_device: str = ""  # nixl: UCX_NET_DEVICES, e.g. mlx5_0:1
     env: dict[str, str] = field(default_factory=dict)  # per-link extras, e.g. UCX_IB_GID_INDEX
@@ -44,6 +45,8 @@ class TransportSettings:
             raise ConfigError(f"kv_port {self.kv_port} out of range")
         if not 1.0 <= self.lease_s <= 3600.0:
             raise ConfigError(f"KV lease must be 1..3600 s, not {self.lease_s}")
+        if not 0.1 <= self.transfer_timeout_s <= 3600.0:
+            raise ConfigError(f"KV transfer timeout must be 0.1..3600 s, not {self.transfer_timeout_s}")
         if self.kv_buffer_device not in ("cpu", "cuda"):
             raise ConfigError(f"kv_buffer_device must be 'cpu' or 'cuda', not {self.kv_buffer_device!r}")
         ucx_env(self.link)  # raises for an unknown link type
@@ -69,7 +72,8 @@ def kv_transfer_config(settings: TransportSettings) -> dict[str, Any] | None:
         config = {"kv_connector": "NixlConnector", "kv_buffer_device": settings.kv_buffer_device,
                   "kv_connector_extra_config": {"kv_lease_duration": max(1, round(settings.lease_s))}}
     else:
-        extra = {"host": settings.kv_host, "port": settings.kv_port, "lease_s": settings.lease_s}
+        extra = {"host": settings.kv_host, "port": settings.kv_port, "lease_s": settings.lease_s,
+                 "transfer_timeout_s": settings.transfer_timeout_s}
         if settings.kv_bind_host is not None:
             extra["bind_host"] = settings.kv_bind_host
         config = {"kv_connector": "DisaggTcpConnector", "kv_connector_module_path": "transport.tcp.connector",

@@ -28,6 +28,7 @@ from tests.support.threaded_server import free_port
 
 STARTUP_TIMEOUT_S = 600.0
 KV_LEASE_S = 20.0  # shorter than the default 30 s so the lease test waits less; long enough for a loaded box
+KV_TRANSFER_TIMEOUT_S = 8.0  # tcp: shorter than the default 30 s so the stalled-transfer test waits less
 DRAIN_TIMEOUT_S = 60.0
 
 
@@ -75,7 +76,8 @@ class ClusterManager:
                 "--transport", transport, "--port", str(router), "--baseline-port", str(baseline),
                 "--prefill-port", str(base), "--decode-port", str(base + 2),
                 "--kv-port-base", str(25000 + (os.getpid() % 500) * 2), "--no-prefix-caching",
-                "--kv-lease-s", str(KV_LEASE_S), "--restart-on-crash", "1", "--log-dir", str(log_dir)]
+                "--kv-lease-s", str(KV_LEASE_S), "--kv-transfer-timeout-s", str(KV_TRANSFER_TIMEOUT_S),
+                "--restart-on-crash", "1", "--log-dir", str(log_dir)]
         env = {k: v for k, v in os.environ.items() if k not in ("DISAGG_TCP_FAULT_FILE", "DISAGG_CLUSTER_TOKEN")}
         fault_file, token = None, secrets.token_hex(16)
         env.update(DISAGG_CLUSTER_TOKEN=token)

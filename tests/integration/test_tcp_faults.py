@@ -1,8 +1,9 @@
-"""Corrupted or cut KV never produces tokens: with the prefill node's test-only fault hook (transport/tcp/
-faults.py) corrupting or truncating one pull, a greedy request through the router still returns exactly the
+"""Corrupted, cut or stalled KV never produces tokens: with the prefill node's test-only fault hook
+(transport/tcp/faults.py) corrupting, truncating or stalling one pull (a stall ends at the decode node's
+transfer timeout, 8 s in the test cluster), a greedy request through the router still returns exactly the
 colocated output (the decode node recomputes), the failed pull is counted, nothing stays in use, and the next
 request is served from a good pull. The tcp cluster runs with a cluster token: a pull without it is refused.
-(Runs on the session's tcp cluster, after test_transport_tcp.py.)"""
+(Runs on the session's tcp cluster.)"""
 
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def _disagg_equals_colocated(cluster, tag: str) -> tuple[dict, dict[str, float]]
     return disagg, deltas
 
 
-@pytest.mark.parametrize("fault", ["corrupt once", "truncate once"])
+@pytest.mark.parametrize("fault", ["corrupt once", "truncate once", "stall once"])
 def test_faulty_pull_is_recomputed_token_for_token_and_leaves_nothing(tcp_cluster, fault):
     assert tcp_cluster.fault_file is not None
     before = vllm_metrics.read(tcp_cluster.decode_vllm_url)

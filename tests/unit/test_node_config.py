@@ -96,3 +96,11 @@ def test_tcp_block_server_can_bind_another_address_than_it_advertises():
     assert "bind_host" not in kv_transfer_config(TransportSettings(name="tcp", role="prefill"))["kv_connector_extra_config"]
     with pytest.raises(ConfigError, match="nixl binds"):
         TransportSettings(name="nixl", role="prefill", kv_host="10.0.0.1", kv_bind_host="0.0.0.0")
+
+
+def test_tcp_transfer_timeout_reaches_the_connector_and_is_bounded():
+    extra = kv_transfer_config(TransportSettings(name="tcp", role="decode", transfer_timeout_s=8))
+    assert extra["kv_connector_extra_config"]["transfer_timeout_s"] == 8
+    for bad in (0, 0.05, 7200):
+        with pytest.raises(ConfigError, match="transfer timeout"):
+            TransportSettings(name="tcp", role="decode", transfer_timeout_s=bad)

@@ -3,6 +3,8 @@ injected by the real BlockServer, is caught by the real pull_blocks and never pa
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -13,6 +15,7 @@ from transport.tcp.client import pull_blocks
 from transport.tcp.faults import Fault, FaultFile
 from transport.tcp.lease import LeaseTable
 from transport.tcp.server import BlockServer
+from transport.tcp.errors import TransferTimeoutError
 from transport.tcp.settings import TcpConnectorSettings
 from transport.tcp.wire import PullRequest
 
@@ -38,13 +41,14 @@ def prefill(tmp_path):
     server.stop()
 
 
-def pull(server, request_id: str, local_blocks: list[int]) -> tuple[list[np.ndarray], bool]:
+def pull(server, request_id: str, local_blocks: list[int],
+         transfer_timeout_s: float = 5.0) -> tuple[list[np.ndarray], bool]:
     """Pull into fresh arrays; (arrays, committed), committed only when pull_blocks returned."""
     dst = arrays(seed=None)
     store = RegionBlockStore.from_arrays(dst, layout_id=7)
     views, commit = store.write_views(local_blocks)
     pull_blocks("127.0.0.1", server.port, request_id, PullRequest(0, len(local_blocks), store.block_nbytes, 7),
-                views, connect_timeout_s=2.0, transfer_timeout_s=5.0)
+                views, connect_timeout_s=2.0, transfer_timeout_s=transfer_timeout_s)
     commit()
     return dst, True
 
@@ -85,6 +89,22 @@ def test_truncate_once_is_caught_and_the_blocks_stay_for_a_retry(prefill, monkey
     assert_intact(dst, src, [3, 4], [6, 7])
 
 
+def test_a_stalled_transfer_times_out_on_the_decode_side_and_the_blocks_stay_for_a_retry(prefill):
+    server, leases, src, _, fault_file, served = prefill
+    fault_file.write_text("stall once")
+    leases.publish("req-s", [2, 5], lease_s=30)
+    started_s = time.monotonic()
+    with pytest.raises(TransferTimeoutError):
+        pull(server, "req-s", [0, 1], transfer_timeout_s=1.0)
+    assert 0.9 < time.monotonic() - started_s < 4.0, "the pull must give up at its transfer timeout"
+    assert served == [] and fault_file.read_text() == ""
+    deadline_s = time.monotonic() + 5.0
+    while leases.pending() != 1 and time.monotonic() < deadline_s:  # the server notices the peer left
+        time.sleep(0.05)
+    dst, _ = pull(server, "req-s", [0, 1])
+    assert_intact(dst, src, [2, 5], [0, 1])
+
+
 def test_a_fault_without_once_applies_to_every_pull(prefill):
     server, leases, _, _, fault_file, _ = prefill
     fault_file.write_text("corrupt")
@@ -114,6 +134,8 @@ def test_fault_file_parsing(tmp_path):
     assert faults.take() is Fault.TRUNCATE and faults.take() is None
     path.write_text("corrupt")
     assert faults.take() is Fault.CORRUPT and faults.take() is Fault.CORRUPT
+    path.write_text("stall once")
+    assert faults.take() is Fault.STALL and faults.take() is None
 
 
 def test_the_hook_is_off_unless_the_environment_names_a_file():

@@ -7,8 +7,10 @@ or empty file means no fault). Its content, whitespace-separated:
     corrupt         every pull: one byte of the first DATA frame's payload is flipped AFTER its CRC-32C
                     was computed (the decode side must detect it; the KV memory itself is not touched)
     truncate        every pull: the server sends half the data bytes, then closes the connection
+    stall           every pull: the server sends half the data bytes, then nothing, until the decode side
+                    gives up (its transfer timeout) or the server's own deadline passes
     corrupt once    the same, for the next pull only: the server empties the file when it takes the fault
-    truncate once
+    truncate once   (and `stall once`)
 
 Anything else is logged and ignored. Every injected fault is logged as a warning.
 """
@@ -29,6 +31,7 @@ FAULT_FILE_ENV = "DISAGG_TCP_FAULT_FILE"
 class Fault(enum.Enum):
     CORRUPT = "corrupt"
     TRUNCATE = "truncate"
+    STALL = "stall"
 
 
 class FaultFile:
@@ -52,7 +55,7 @@ class FaultFile:
                 return None
             fault = _parse(words)
             if fault is None:
-                logger.warning("fault file %s: %r is not 'corrupt|truncate [once]'; ignored", self.path, words)
+                logger.warning("fault file %s: %r is not 'corrupt|truncate|stall [once]'; ignored", self.path, words)
                 return None
             if len(words) == 2:
                 self.path.write_text("")

@@ -198,11 +198,11 @@ class BlockServer:
         """Send the blocks as DATA frames, each (header and pieces) in one system call.
 
         An injected fault (tests only) flips a byte of the first frame after its checksum, or hangs up
-        after half the bytes.
+        after half the bytes, or goes silent after half the bytes until the peer gives up.
         """
         cursor = wire.ByteCursor(self.store.read_views(block_ids))
         nbytes = cursor.remaining
-        budget_nbytes = nbytes // 2 if fault is Fault.TRUNCATE else nbytes + 1
+        budget_nbytes = nbytes // 2 if fault in (Fault.TRUNCATE, Fault.STALL) else nbytes + 1
         while cursor.remaining:
             chunk = cursor.take(min(cursor.remaining, wire.MAX_DATA_PAYLOAD_BYTES))
             chunk_nbytes = sum(len(piece) for piece in chunk)
@@ -211,10 +211,22 @@ class BlockServer:
                 chunk = corrupted(chunk)
             if chunk_nbytes >= budget_nbytes:
                 stream.send_buffers(conn, [header, *cut(chunk, budget_nbytes)], deadline_s)
+                if fault is Fault.STALL:
+                    _wait_for_peer_to_leave(conn, deadline_s)
                 raise _HangUp()
             budget_nbytes -= chunk_nbytes
             stream.send_buffers(conn, [header, *chunk], deadline_s)
         return nbytes
+
+
+def _wait_for_peer_to_leave(conn: socket.socket, deadline_s: float) -> None:
+    """The stall fault: send nothing until the peer closes the connection or our deadline passes."""
+    try:
+        conn.settimeout(max(0.01, deadline_s - time.monotonic()))
+        while conn.recv(4096):
+            pass
+    except OSError:  # includes the timeout
+        pass
 
 
 def _send_quietly(conn: socket.socket, frame: bytes) -> None:
