@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 log = logging.getLogger(__name__)
 MIB = 1024 * 1024
 LEAVERS = 50
-LOAD_REQUESTS, WARMUP_REQUESTS, CONCURRENCY, CANCEL_EVERY, MAX_TOKENS = 320, 32, 16, 4, 8
+LOAD_REQUESTS, WARMUP_REQUESTS, CONCURRENCY, CANCEL_EVERY, MAX_TOKENS = 256, 16, 16, 4, 8
 REQUEST_TIMEOUT_S = 240.0
 # Growth allowed between the two halves of the load, after a warm-up: a leak of a few KiB per request
 # shows as megabytes here; allocator noise and first-touch of KV pages stay below.

@@ -32,7 +32,7 @@ def _capped(body: dict, model: str) -> None:
 
 
 @schema.parametrize()
-@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+@settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 def test_generated_requests_to_real_nodes_never_get_a_5xx(case, tcp_cluster):
     if isinstance(case.body, dict):
         _capped(case.body, tcp_cluster.model_name)
