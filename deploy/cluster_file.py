@@ -13,7 +13,8 @@
                 disagg (its path there), env = {UCX_NET_DEVICES = "..."}
     [prefill]   host, port, info_port, kv_port, cpu_cores      (and [decode], the same)
     [router]    host ("local": the machine running `disagg up`), bind, port, baseline_port
-    [engine]    max_model_len, dtype, prefix_caching, kv_buffer_device, kv_cache_gib, kv_lease_s, vllm_args
+    [engine]    max_model_len, dtype, prefix_caching, kv_buffer_device, kv_cache_gib, kv_lease_s,
+                kv_transfer_timeout_s, vllm_args
 
 See deploy/examples/ for complete files.
 """
@@ -149,6 +150,7 @@ class EngineSpec(_Strict):
     kv_buffer_device: Literal["auto", "cpu", "cuda"] = "auto"
     kv_cache_gib: int = Field(default=1, ge=1)
     kv_lease_s: float = Field(default=30.0, ge=1, le=3600)
+    kv_transfer_timeout_s: float = Field(default=30.0, ge=0.1, le=3600)  # tcp: one pull, before recompute
     vllm_args: tuple[str, ...] = ()
 
 

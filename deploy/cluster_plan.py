@@ -82,6 +82,7 @@ def _node(spec: ClusterSpec, role: str) -> Component:
     args = [role, "--model", spec.model, "--transport", spec.transport, "--kv-peer", peer_host.kv,
             "--host", host.address, "--port", str(node.port), "--info-port", str(node.info_port),
             "--kv-host", host.kv, "--kv-port", str(node.kv_port), "--kv-lease-s", str(engine.kv_lease_s),
+            "--kv-transfer-timeout-s", str(engine.kv_transfer_timeout_s),
             "--kv-buffer-device", engine.kv_buffer_device, "--kv-cache-gib", str(engine.kv_cache_gib),
             "--max-model-len", str(engine.max_model_len), *_token_args(spec)]
     if host.kv_bind:

@@ -136,6 +136,7 @@ def test_nodes_bind_http_address_and_serve_kv_on_kv_address(tmp_path):
     assert value(router.args, "--decode") == "http://10.0.0.2:8201" == value(baseline.args, "--decode")
     assert value(baseline.args, "--mode") == "colocated" and router.host == "local"
     assert cluster_plan.endpoint(spec) == "http://127.0.0.1:8000"
+    assert value(args, "--kv-lease-s") == "30.0" and value(decode.args, "--kv-transfer-timeout-s") == "30.0"
 
 
 def test_kv_bind_is_the_tcp_block_servers_bind_address(tmp_path):
