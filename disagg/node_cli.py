@@ -41,6 +41,31 @@ def add_node_parser(sub: argparse._SubParsersAction, role: str, help_text: str, 
     p.add_argument("--port", type=int, default=d["port"], help=f"vLLM server port (default: {d['port']})")
     p.add_argument("--info-port", type=int, default=d["info_port"],
                    help=f"this node's /info and /health port (default: {d['info_port']})")
+    _add_kv_options(p, d)
+    p.add_argument("--cpu-cores", default=None,
+                   help=f"CPU hosts: cores for vLLM's threads, e.g. '0' or '0-3' (default: {d['cores']} when "
+                   "the host has at least 2 cores)")
+    p.add_argument("--kv-cache-gib", type=int, default=1, help="CPU hosts: KV cache size in GiB (default: 1)")
+    p.add_argument("--dtype", default=None, help="model dtype (default: float32 on CPU, auto on GPU)")
+    p.add_argument("--max-model-len", type=int, default=2048, help="context length (default: 2048)")
+    p.add_argument("--no-prefix-caching", action="store_true", help="disable vLLM's prefix cache")
+    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra environment for the vLLM server, e.g. UCX_TLS=tcp (repeatable)")
+    p.add_argument("--restart-on-crash", type=int, default=0, metavar="N",
+                   help="restart the vLLM server when it dies, up to N times, instead of stopping the node "
+                   "(default: 0, stop; `disagg up` and the router then see the node go down)")
+    p.add_argument("--cluster-token-file", type=Path, default=None, metavar="PATH",
+                   help="file holding the cluster's shared secret: every call to this node's vLLM server and "
+                   "/info must carry it (Authorization: Bearer; /health and /metrics stay open), and with the tcp "
+                   "transport every KV pull and release must prove it; give the router and every node the same one "
+                   f"(default: ${CLUSTER_TOKEN_ENV}; none: open; a file is safer, command lines are visible to "
+                   "every user)")
+    p.add_argument("--vllm-args", default="", help="extra vLLM arguments as one JSON list of strings")
+    p.set_defaults(func=run, role=role)
+
+
+def _add_kv_options(p: argparse.ArgumentParser, d: dict[str, object]) -> None:
+    """Where this node's KV endpoint is, how long its KV waits and may take to move, what link carries it."""
     p.add_argument("--kv-host", default="127.0.0.1",
                    help="address the peer node reaches this node's KV endpoint on (default: 127.0.0.1)")
     p.add_argument("--kv-bind-host", default=None,
@@ -62,26 +87,6 @@ def add_node_parser(sub: argparse._SubParsersAction, role: str, help_text: str, 
     p.add_argument("--kv-buffer-device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="where NIXL registers KV: cuda (GPU memory, needs GPUDirect RDMA), cpu (a pinned host "
                    "buffer: CPU hosts and GPUs without GPUDirect such as DGX Spark/GB10); auto: cuda on CUDA hosts")
-    p.add_argument("--cpu-cores", default=None,
-                   help=f"CPU hosts: cores for vLLM's threads, e.g. '0' or '0-3' (default: {d['cores']} when "
-                   "the host has at least 2 cores)")
-    p.add_argument("--kv-cache-gib", type=int, default=1, help="CPU hosts: KV cache size in GiB (default: 1)")
-    p.add_argument("--dtype", default=None, help="model dtype (default: float32 on CPU, auto on GPU)")
-    p.add_argument("--max-model-len", type=int, default=2048, help="context length (default: 2048)")
-    p.add_argument("--no-prefix-caching", action="store_true", help="disable vLLM's prefix cache")
-    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra environment for the vLLM server, e.g. UCX_TLS=tcp (repeatable)")
-    p.add_argument("--restart-on-crash", type=int, default=0, metavar="N",
-                   help="restart the vLLM server when it dies, up to N times, instead of stopping the node "
-                   "(default: 0, stop; `disagg up` and the router then see the node go down)")
-    p.add_argument("--cluster-token-file", type=Path, default=None, metavar="PATH",
-                   help="file holding the cluster's shared secret: every call to this node's vLLM server and "
-                   "/info must carry it (Authorization: Bearer; /health and /metrics stay open), and with the tcp "
-                   "transport every KV pull and release must prove it; give the router and every node the same one "
-                   f"(default: ${CLUSTER_TOKEN_ENV}; none: open; a file is safer, command lines are visible to "
-                   "every user)")
-    p.add_argument("--vllm-args", default="", help="extra vLLM arguments as one JSON list of strings")
-    p.set_defaults(func=run, role=role)
 
 
 def config_from_args(args: argparse.Namespace) -> NodeConfig:
