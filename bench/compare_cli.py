@@ -22,8 +22,8 @@ from bench import compare, datasets, kv_size, linkspeed, local_cluster, plots, r
 from bench.argtypes import non_negative_int, positive_float, positive_int
 from bench.client import EndpointError
 from bench.compare import COLOCATED, CompareSettings, Target
-from disagg.errors import ConfigError
-from disagg.model import default_model_dir
+from core.errors import ConfigError
+from core.model import default_model_dir
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from typing import Iterator
 
 import httpx
 
-from disagg.host import die_with_parent
+from core.host import die_with_parent
 
 log = logging.getLogger(__name__)
 

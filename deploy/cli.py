@@ -14,9 +14,9 @@ import httpx
 from deploy import local
 from deploy.processes import ManagedProcess, stop_all
 from deploy.progress import StartupProgress
-from disagg import model
-from disagg.cluster_token import CLUSTER_TOKEN_ENV, read_token
-from disagg.errors import ConfigError
+from core import model
+from core.cluster_token import CLUSTER_TOKEN_ENV, read_token
+from core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 SAMPLE_PROMPT = "In one sentence, what is disaggregated prefill/decode serving?"

@@ -20,7 +20,7 @@ from deploy.cluster_file import ClusterSpec
 from deploy.cluster_plan import Component
 from deploy.progress import StartupProgress
 from deploy.remote import Host, HostError, hosts_of
-from disagg.errors import ConfigError
+from core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 LIVENESS_INTERVAL_S = 5.0  # how often `up` asks the hosts whether the processes still run

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from deploy import cluster_file, cluster_plan
 from deploy.cluster import Cluster, ClusterFailed, status, stop, up
-from disagg.errors import ConfigError
+from core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 ROLES = ("prefill", "decode", "router", "baseline")

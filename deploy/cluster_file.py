@@ -29,7 +29,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from disagg.errors import ConfigError
+from core.errors import ConfigError
 
 LOCAL = "local"  # the router's host when it runs on the machine that runs `disagg up`
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"

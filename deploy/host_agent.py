@@ -29,11 +29,11 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from disagg import host as host_facts
-from disagg.cluster_token import read_token
-from disagg.errors import ConfigError
+from core import host as host_facts
+from core.cluster_token import read_token
+from core.errors import ConfigError
 
-SOURCE_PACKAGES = ("disagg", "transport", "prefill_node", "decode_node", "router", "deploy")
+SOURCE_PACKAGES = ("disagg", "core", "transport", "prefill_node", "decode_node", "router", "deploy")
 START_SETTLE_S = 1.0  # a component that dies at once (bad argument) is reported by `start` itself
 
 

@@ -50,4 +50,4 @@ else
 fi
 
 "$venv/bin/disagg" convert >/dev/null
-log "ready: $venv/bin/disagg (model: $("$venv/bin/python" -c 'from disagg.model import default_model_dir; print(default_model_dir())'))"
+log "ready: $venv/bin/disagg (model: $("$venv/bin/python" -c 'from core.model import default_model_dir; print(default_model_dir())'))"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from deploy.cluster import Cluster
 from deploy.remote import Host
-from disagg.errors import ConfigError
+from core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parent.parent

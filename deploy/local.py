@@ -18,8 +18,8 @@ from pathlib import Path
 import httpx
 
 from deploy.processes import ManagedProcess, stop_all
-from disagg.cluster_token import CLUSTER_TOKEN_ENV
-from disagg.errors import ConfigError
+from core.cluster_token import CLUSTER_TOKEN_ENV
+from core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from disagg.host import die_with_parent
+from core.host import die_with_parent
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deploy.cluster_file import LOCAL, ClusterSpec
-from disagg.errors import ConfigError
+from core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 SSH_UNREACHABLE = 255  # what ssh exits with when it cannot connect or authenticate

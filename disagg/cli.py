@@ -11,7 +11,7 @@ import argparse
 import logging
 import sys
 
-from disagg.errors import ConfigError
+from core.errors import ConfigError
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 

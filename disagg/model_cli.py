@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from disagg import model
+from core import model
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:

@@ -7,12 +7,12 @@ import json
 import logging
 from pathlib import Path
 
-from disagg import host, model
-from disagg.cluster_token import read_token
+from core import host, model
+from core.cluster_token import read_token
 from disagg.node_config import DecodeConfig, NodeConfig, PrefillConfig
 from transport.choice import choose
 from transport.config import TRANSPORTS, TransportSettings
-from transport.tcp.auth import CLUSTER_TOKEN_ENV
+from core.cluster_token import CLUSTER_TOKEN_ENV
 from transport.ucx_link import KV_LINKS
 
 log = logging.getLogger(__name__)
@@ -123,14 +123,14 @@ def _kv_buffer_device(choice: str, cuda: bool) -> str:
     if choice == "auto":
         return "cuda" if cuda else "cpu"
     if choice == "cuda" and not cuda:
-        from disagg.errors import ConfigError
+        from core.errors import ConfigError
 
         raise ConfigError("--kv-buffer-device cuda needs a CUDA host; this one has no NVIDIA driver")
     return choice
 
 
 def _env_pairs(pairs: list[str]) -> dict[str, str]:
-    from disagg.errors import ConfigError
+    from core.errors import ConfigError
 
     env = {}
     for pair in pairs:
@@ -142,7 +142,7 @@ def _env_pairs(pairs: list[str]) -> dict[str, str]:
 
 
 def _json_list(text: str) -> list[str]:
-    from disagg.errors import ConfigError
+    from core.errors import ConfigError
 
     if not text:
         return []

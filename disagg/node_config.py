@@ -10,10 +10,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from disagg.cluster_token import MIDDLEWARE_IMPORT_PATH
-from disagg.errors import ConfigError
+from core.cluster_token import MIDDLEWARE_IMPORT_PATH
+from core.errors import ConfigError
 from transport.config import TransportSettings, transport_env, vllm_args
-from transport.tcp.auth import CLUSTER_TOKEN_ENV
+from core.cluster_token import CLUSTER_TOKEN_ENV
 
 
 @dataclass(frozen=True, kw_only=True)

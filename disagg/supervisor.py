@@ -21,10 +21,10 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
-from disagg import host
-from disagg.cluster_token import ClusterTokenMiddleware
-from disagg.messages import NodeInfo
-from disagg.model import kv_geometry
+from core import host
+from core.cluster_token import ClusterTokenMiddleware
+from core.messages import NodeInfo
+from core.kv_geometry import model_geometry
 from disagg.node_config import NodeConfig, vllm_command, vllm_env
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ WORKER_NAME = "VLLM::Worker"  # what vLLM names its worker processes (/proc/PID/
 class Supervisor:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
-        self.kv_bytes_per_token = kv_geometry(config.model_dir, config.dtype).kv_bytes_per_token
+        self.kv_bytes_per_token = model_geometry(config.model_dir, config.dtype).kv_bytes_per_token
         self.process: subprocess.Popen[bytes] | None = None
         self.engine_ready = False
         self.exit_code: int | None = None

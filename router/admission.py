@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from disagg.errors import Overloaded
+from core.errors import Overloaded
 
 HOLD_EWMA_WEIGHT = 0.1  # weight of the newest request in the mean hold time
 RETRY_AFTER_MAX_S = 60.0

@@ -15,9 +15,9 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from disagg.cluster_token import bearer_headers
-from disagg.errors import ClientDisconnected, DeadlineExceeded, DisaggError
-from disagg.messages import RequestTiming
+from core.cluster_token import bearer_headers
+from core.errors import ClientDisconnected, DeadlineExceeded, DisaggError
+from core.messages import RequestTiming
 from router import openapi, validation
 from router.admission import Admission
 from router.auth import require_api_key

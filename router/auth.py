@@ -12,7 +12,7 @@ import hmac
 from fastapi import Request
 from fastapi.security import HTTPBearer
 
-from disagg.errors import Unauthorized
+from core.errors import Unauthorized
 
 _bearer = HTTPBearer(auto_error=False, description="the router's --api-key, when it has one")
 

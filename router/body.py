@@ -10,7 +10,7 @@ from __future__ import annotations
 from fastapi import Request
 from starlette.requests import ClientDisconnect
 
-from disagg.errors import ClientDisconnected, PayloadTooLarge, UnsupportedMediaType
+from core.errors import ClientDisconnected, PayloadTooLarge, UnsupportedMediaType
 
 
 async def read_body(request: Request, max_body_bytes: int) -> bytes:

@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from disagg.cluster_token import CLUSTER_TOKEN_ENV, read_token
+from core.cluster_token import CLUSTER_TOKEN_ENV, read_token
 from router.config import RouterConfig
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import urlparse
 
-from disagg.errors import ConfigError
+from core.errors import ConfigError
 
 Mode = Literal["disagg", "colocated"]
 
@@ -40,7 +40,7 @@ class RouterConfig:
     max_queue: int = 512
     colocated_fallback: bool = True
     api_key: str | None = field(default=None, repr=False)
-    cluster_token: str | None = field(default=None, repr=False)  # sent to every node (disagg.cluster_token)
+    cluster_token: str | None = field(default=None, repr=False)  # sent to every node (core.cluster_token)
 
     def __post_init__(self) -> None:
         if self.mode not in ("disagg", "colocated"):

@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from disagg.errors import NoNodeAvailable
-from disagg.messages import RequestTiming
+from core.errors import NoNodeAvailable
+from core.messages import RequestTiming
 from router import protocol
 from router.config import RouterConfig
 from router.metrics import RouterMetrics

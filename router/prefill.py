@@ -17,8 +17,8 @@ from typing import Any
 
 import httpx
 
-from disagg.errors import NoNodeAvailable, UpstreamError
-from disagg.messages import RequestTiming
+from core.errors import NoNodeAvailable, UpstreamError
+from core.messages import RequestTiming
 from router import protocol
 from router.config import RouterConfig
 from router.metrics import RouterMetrics

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from disagg.errors import UpstreamError
+from core.errors import UpstreamError
 
 PATHS = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}  # vLLM's routes by endpoint
 

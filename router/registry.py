@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 import httpx
 from pydantic import ValidationError
 
-from disagg.errors import NoNodeAvailable
-from disagg.messages import NodeInfo
+from core.errors import NoNodeAvailable
+from core.messages import NodeInfo
 
 log = logging.getLogger(__name__)
 SLOW_CHECKS_TO_DOWN = 3

@@ -20,8 +20,8 @@ import httpx
 from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from disagg.errors import DeadlineExceeded, DisaggError, UpstreamError
-from disagg.messages import RequestTiming
+from core.errors import DeadlineExceeded, DisaggError, UpstreamError
+from core.messages import RequestTiming
 from router.metrics import RouterMetrics
 from router.upstream import error_from_exception
 

@@ -13,7 +13,7 @@ from typing import Any, AsyncIterator
 
 import httpx
 
-from disagg.errors import ClientRelayedError, DeadlineExceeded, DisaggError, UpstreamError
+from core.errors import ClientRelayedError, DeadlineExceeded, DisaggError, UpstreamError
 
 
 JSON_HEADERS = {"Content-Type": "application/json"}

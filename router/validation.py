@@ -11,7 +11,7 @@ import json
 import math
 from typing import Any
 
-from disagg.errors import BadRequest
+from core.errors import BadRequest
 
 INT_FIELDS = ("max_tokens", "max_completion_tokens", "n", "seed", "logprobs", "top_logprobs", "top_k")
 NUMBER_FIELDS = ("temperature", "top_p", "presence_penalty", "frequency_penalty", "repetition_penalty")

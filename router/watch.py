@@ -15,7 +15,7 @@ from typing import Awaitable, TypeVar
 
 from starlette.types import Receive
 
-from disagg.errors import ClientDisconnected, DeadlineExceeded
+from core.errors import ClientDisconnected, DeadlineExceeded
 
 T = TypeVar("T")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from disagg.host import has_cuda
+from core.host import has_cuda
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -10,7 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
-from disagg.errors import ConfigError
+from core.errors import ConfigError
 
 _FORMATTER = argparse.RawDescriptionHelpFormatter
 

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from disagg.errors import ConfigError
+from core.errors import ConfigError
 from transport.ucx_link import ucx_env
 
 Transport = Literal["nixl", "tcp", "none"]

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from disagg.host import has_cuda, usable_cores
+from core.host import has_cuda, usable_cores
 from transport import choice
 from transport.native_probe import MARKER
 

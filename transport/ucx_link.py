@@ -19,7 +19,7 @@ sets UCX_NET_DEVICES (an RDMA port such as `mlx5_0:1`, or an interface such as `
 
 from __future__ import annotations
 
-from disagg.errors import ConfigError
+from core.errors import ConfigError
 
 KV_LINKS: tuple[str, ...] = ("auto", "roce", "ib", "tcp", "shm")
 _TRANSPORTS = {

@@ -27,7 +27,7 @@ def clusters(tmp_path_factory: pytest.TempPathFactory):
         if os.environ.get("DISAGG_REQUIRE_ENGINE") == "1":
             pytest.fail("vLLM is not installed but DISAGG_REQUIRE_ENGINE=1")
         pytest.skip("vLLM is not installed (run deploy/install.sh)")
-    from disagg.model import ensure_default_model
+    from core.model import ensure_default_model
 
     manager = ClusterManager(ensure_default_model(), tmp_path_factory.mktemp("clusters"))
     try:

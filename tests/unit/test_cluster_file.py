@@ -11,7 +11,7 @@ import pytest
 
 from deploy import cluster_file, cluster_plan
 from deploy.remote import hosts_of, ssh_argv
-from disagg.errors import ConfigError
+from core.errors import ConfigError
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "deploy" / "examples"
 BASE = """

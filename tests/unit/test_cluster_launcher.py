@@ -17,7 +17,7 @@ from deploy import cluster_file
 from deploy.cluster import Cluster, up
 from deploy.host_agent import _start_ticks
 from deploy.remote import Host, HostError
-from disagg.errors import ConfigError
+from core.errors import ConfigError
 from tests.support.threaded_server import free_port
 
 

@@ -12,8 +12,8 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from disagg.cluster_token import CLUSTER_TOKEN_ENV, MIDDLEWARE_IMPORT_PATH, ClusterTokenMiddleware, read_token
-from disagg.errors import ConfigError
+from core.cluster_token import CLUSTER_TOKEN_ENV, MIDDLEWARE_IMPORT_PATH, ClusterTokenMiddleware, read_token
+from core.errors import ConfigError
 from disagg.node_config import DecodeConfig, vllm_command, vllm_env
 from disagg.supervisor import Supervisor, info_app
 from router.app import create_app

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from disagg.host import has_cuda
+from core.host import has_cuda
 from disagg.node_cli import _kv_buffer_device
 
 pytestmark = pytest.mark.gpu

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from disagg.errors import ConfigError
-from disagg.model import kv_geometry
+from core.errors import ConfigError
+from core.kv_geometry import model_geometry
 from disagg.node_config import DecodeConfig, PrefillConfig, vllm_command, vllm_env
 from transport.config import TransportSettings, kv_transfer_config
 
@@ -77,8 +77,8 @@ def test_missing_model_and_mismatched_roles_are_rejected(tmp_path, model_dir):
 
 
 def test_kv_geometry_of_smollm2_fp32_is_46080_bytes_per_token(model_dir):
-    assert kv_geometry(model_dir, "float32").kv_bytes_per_token == 46_080
-    assert kv_geometry(model_dir, "float16").kv_bytes_per_token == 23_040
+    assert model_geometry(model_dir, "float32").kv_bytes_per_token == 46_080
+    assert model_geometry(model_dir, "float16").kv_bytes_per_token == 23_040
 
 
 def test_kv_buffer_device_choice_on_cpu_hosts():
@@ -104,3 +104,17 @@ def test_tcp_transfer_timeout_reaches_the_connector_and_is_bounded():
     for bad in (0, 0.05, 7200):
         with pytest.raises(ConfigError, match="transfer timeout"):
             TransportSettings(name="tcp", role="decode", transfer_timeout_s=bad)
+
+
+@pytest.mark.parametrize(("config_dtype", "auto_dtype", "kv_bytes"), [
+    ("bfloat16", "bf16", 23_040), ("float16", "fp16", 23_040), ("float32", "fp16", 23_040)])
+def test_kv_geometry_resolves_auto_as_vllm_does(tmp_path, config_dtype, auto_dtype, kv_bytes):
+    """`--dtype auto`: bf16 for a bf16 model, fp16 for fp16 and fp32 models (vLLM's rule); GPU hosts default
+    to it, so a node without --dtype must not fail on it."""
+    config = {"num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3, "hidden_size": 576,
+              "torch_dtype": config_dtype}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    geometry = model_geometry(tmp_path, "auto")
+    assert (geometry.dtype, geometry.kv_bytes_per_token) == (auto_dtype, kv_bytes)
+    assert model_geometry(tmp_path, "float32").kv_bytes_per_token == 46_080
+    assert model_geometry(tmp_path, "auto", kv_cache_dtype="fp8").kv_bytes_per_token == 11_520

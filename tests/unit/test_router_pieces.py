@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from disagg.errors import BadRequest, ConfigError, UpstreamError
+from core.errors import BadRequest, ConfigError, UpstreamError
 from router import protocol, validation
 from router.config import RouterConfig
 

@@ -113,7 +113,7 @@ def test_a_dead_engine_is_restarted_when_so_configured_then_the_node_gives_up(no
 
 
 def test_repin_moves_stray_threads_of_named_processes_back(tmp_path):
-    from disagg import host
+    from core import host
 
     code = ("import ctypes, os, threading, time\n"
             "ctypes.CDLL('libc.so.6').prctl(15, b'VLLM::Worker')\n"  # PR_SET_NAME, like vLLM's workers

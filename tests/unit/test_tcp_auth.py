@@ -166,7 +166,7 @@ def node_config(tmp_path: Path, monkeypatch, *argv: str):
 
 
 def test_token_file_reaches_vllm_through_its_environment_only(tmp_path, monkeypatch):
-    from disagg.errors import ConfigError
+    from core.errors import ConfigError
     from disagg.node_config import vllm_command, vllm_env
 
     monkeypatch.delenv(auth.CLUSTER_TOKEN_ENV, raising=False)

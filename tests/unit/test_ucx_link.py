@@ -7,7 +7,7 @@ import argparse
 import pytest
 
 from disagg import node_cli
-from disagg.errors import ConfigError
+from core.errors import ConfigError
 from transport.config import TransportSettings, transport_env
 from transport.ucx_link import KV_LINKS, ucx_env
 

