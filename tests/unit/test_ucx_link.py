@@ -9,7 +9,7 @@ import pytest
 from disagg import node_cli
 from core.errors import ConfigError
 from transport.config import TransportSettings, transport_env
-from transport.ucx_link import KV_LINKS, ucx_env
+from transport.nixl.ucx_link import KV_LINKS, ucx_env
 
 
 @pytest.mark.parametrize(("link", "device", "tls"), [

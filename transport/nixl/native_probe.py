@@ -1,7 +1,7 @@
 """NIXL and UCX as this host sees them: run in a child process by `disagg doctor`, so that a native crash or
 a missing library costs one probe, not the doctor.
 
-`python -m transport.native_probe` prints one line, `MARKER` followed by a JSON object with `nixl` and
+`python -m transport.nixl.native_probe` prints one line, `MARKER` followed by a JSON object with `nixl` and
 `ucx` sections (NIXL prints its own log lines on stdout too). UCX is asked through `ucx_info` when it is on
 PATH, else through the libucp inside the NIXL wheel (or the system's) with ctypes: its version and the
 transport resources a UCP context opens (`ucp_context_print_info`).

@@ -1,0 +1,43 @@
+"""What `--transport auto` and `disagg doctor` know about a KV link: is the peer this host, which RDMA devices
+are here. Gathered without importing any transport library (`transport.registry` asks the transports)."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from pathlib import Path
+
+from core.host import has_cuda
+from transport.base import LinkFacts
+
+RDMA_SYSFS = Path("/sys/class/infiniband")
+
+
+def rdma_devices(sysfs: Path = RDMA_SYSFS) -> list[str]:
+    """RDMA devices (RoCE, InfiniBand) this host has, e.g. ["mlx5_0"]; [] when none."""
+    try:
+        return sorted(p.name for p in sysfs.iterdir())
+    except OSError:
+        return []
+
+
+def is_local_address(host: str) -> bool:
+    """True when `host` is this machine (loopback, or one of its own addresses)."""
+    try:
+        addr = ipaddress.ip_address(socket.gethostbyname(host))
+    except (OSError, ValueError):
+        return False
+    if addr.is_loopback:
+        return True
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind((str(addr), 0))  # only succeeds for an address of ours
+        return True
+    except OSError:
+        return False
+
+
+def link_facts(peer_host: str) -> LinkFacts:
+    """This host's facts for a KV link to `peer_host`."""
+    return LinkFacts(peer_host=peer_host, peer_is_local=is_local_address(peer_host),
+                     rdma_devices=tuple(rdma_devices()), cuda=has_cuda())

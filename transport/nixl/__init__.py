@@ -1,0 +1,1 @@
+"""The `nixl` transport: vLLM's NixlConnector, UCX underneath (RDMA, shared memory, or UCX's TCP)."""
