@@ -1,10 +1,59 @@
-"""Facts about this host that decide how a node runs, found without importing torch or vllm."""
+"""Facts about this host that decide how a node runs, found without importing torch or vllm.
+
+`Platform` is the one seam for what kind of host this is (CPU only, a CUDA GPU, unified memory, GPUDirect
+RDMA): `detect_platform()` reads it from this machine, and tests hand a `Platform` of their own to the code
+that builds a node's command line (`node.launch.resolve`) to see what it would do on another kind of host.
+"""
 
 from __future__ import annotations
 
 import os
+import platform as _platform
 import signal
+from dataclasses import dataclass
 from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Platform:
+    """What kind of host a node runs on.
+
+    `cuda`: an NVIDIA driver is present (a CUDA build of vLLM is expected); `device_name`: the first GPU's
+    name; `unified_memory`: CPU and GPU share one memory (DGX Spark's GB10); `gpudirect_rdma`: an RDMA NIC
+    can read GPU memory (the nvidia_peermem module is loaded); `cores`: CPU cores this process may use;
+    `rdma_devices`: RDMA devices (RoCE, InfiniBand), e.g. ("mlx5_0",).
+    """
+
+    cuda: bool
+    cores: tuple[int, ...]
+    arch: str = "x86_64"
+    device_name: str | None = None
+    unified_memory: bool = False
+    gpudirect_rdma: bool = False
+    rdma_devices: tuple[str, ...] = ()
+
+    def kv_buffer_device(self) -> tuple[str, str]:
+        """(where NIXL should register KV, why) for `--kv-buffer-device auto`."""
+        if not self.cuda:
+            return "cpu", "CPU host: KV is in host memory"
+        return "cuda", "CUDA host: NIXL reads GPU memory"
+
+
+RDMA_SYSFS = Path("/sys/class/infiniband")
+
+
+def rdma_devices(sysfs: Path = RDMA_SYSFS) -> list[str]:
+    """RDMA devices (RoCE, InfiniBand) this host has, e.g. ["mlx5_0"]; [] when none."""
+    try:
+        return sorted(p.name for p in sysfs.iterdir())
+    except OSError:
+        return []
+
+
+def detect_platform() -> Platform:
+    """This machine's `Platform`."""
+    return Platform(cuda=has_cuda(), cores=tuple(usable_cores()), arch=_platform.machine(),
+                    rdma_devices=tuple(rdma_devices()))
 
 
 def has_cuda() -> bool:

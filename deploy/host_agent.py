@@ -33,7 +33,7 @@ from core import host as host_facts
 from core.cluster_token import read_token
 from core.errors import ConfigError
 
-SOURCE_PACKAGES = ("disagg", "core", "transport", "prefill_node", "decode_node", "router", "deploy")
+SOURCE_PACKAGES = ("disagg", "core", "node", "transport", "prefill_node", "decode_node", "router", "deploy")
 START_SETTLE_S = 1.0  # a component that dies at once (bad argument) is reported by `start` itself
 
 

@@ -5,21 +5,9 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from pathlib import Path
 
-from core.host import has_cuda
+from core.host import RDMA_SYSFS, has_cuda, rdma_devices  # noqa: F401  (host facts, re-exported)
 from transport.base import LinkFacts
-
-RDMA_SYSFS = Path("/sys/class/infiniband")
-
-
-def rdma_devices(sysfs: Path = RDMA_SYSFS) -> list[str]:
-    """RDMA devices (RoCE, InfiniBand) this host has, e.g. ["mlx5_0"]; [] when none."""
-    try:
-        return sorted(p.name for p in sysfs.iterdir())
-    except OSError:
-        return []
-
 
 def is_local_address(host: str) -> bool:
     """True when `host` is this machine (loopback, or one of its own addresses)."""

@@ -8,9 +8,10 @@ import logging
 import sys
 from pathlib import Path
 
-from disagg import supervisor
-from disagg.node_config import DecodeConfig
-from transport.config import TransportSettings
+from core.host import detect_platform
+from decode_node.role import ROLE
+from node import launch, supervisor
+from node.settings import NodeSettings
 
 FAKE_SERVER = """
 import http.server, sys
@@ -25,11 +26,11 @@ http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 def main() -> int:
     logging.basicConfig(level=logging.INFO)
     model_dir, port, info_port = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-    supervisor.vllm_command = lambda config: [sys.executable, "-c", FAKE_SERVER, str(config.port)]
-    config = DecodeConfig(model_dir=model_dir, served_model_name="fake", port=port, info_port=info_port,
-                          transport=TransportSettings(name="none", role="decode"),
-                          max_restarts=int(sys.argv[4]) if len(sys.argv) > 4 else 0)
-    return supervisor.run_node(config)
+    launch.NodeLaunch.vllm_command = lambda self: [sys.executable, "-c", FAKE_SERVER, str(self.settings.port)]
+    settings = NodeSettings.build(role="decode", **ROLE.defaults.as_settings() | {"port": port, "info_port": info_port},
+                                  model=str(model_dir), served_model_name="fake", transport="none",
+                                  engine={"restart_on_crash": int(sys.argv[4]) if len(sys.argv) > 4 else 0})
+    return supervisor.run_node(settings, ROLE)
 
 
 if __name__ == "__main__":

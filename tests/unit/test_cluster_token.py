@@ -14,14 +14,16 @@ from fastapi import FastAPI
 
 from core.cluster_token import CLUSTER_TOKEN_ENV, MIDDLEWARE_IMPORT_PATH, ClusterTokenMiddleware, read_token
 from core.errors import ConfigError
-from disagg.node_config import DecodeConfig, vllm_command, vllm_env
-from disagg.supervisor import Supervisor, info_app
+from core.host import Platform
+from decode_node.role import ROLE as DECODE
+from node.launch import resolve
+from node.settings import NodeSettings
+from node.supervisor import Supervisor, info_app
 from router.app import create_app
 from router.config import RouterConfig
 from tests.support.stub_cluster import completion
 from tests.support.stub_vllm import create_stub
 from tests.support.threaded_server import serve
-from transport.config import TransportSettings
 
 TOKEN = "s3cret-cluster-token"
 
@@ -87,20 +89,24 @@ def _model_dir(tmp_path: Path) -> Path:
     return tmp_path
 
 
+def _decode_node(model_dir: Path, token: str | None):
+    settings = NodeSettings.build(role="decode", **DECODE.defaults.as_settings(), model=str(model_dir),
+                                  transport="tcp")
+    environ = {CLUSTER_TOKEN_ENV: token} if token else {}
+    return resolve(settings, DECODE, Platform(cuda=False, cores=(0, 1)), environ=environ)
+
+
 def test_a_node_with_a_token_loads_the_middleware_and_passes_the_token_by_environment(tmp_path: Path):
-    config = DecodeConfig(model_dir=_model_dir(tmp_path), served_model_name="m", cluster_token=TOKEN,
-                          transport=TransportSettings(name="tcp", role="decode"))
-    cmd = vllm_command(config)
+    config = _decode_node(_model_dir(tmp_path), TOKEN)
+    cmd = config.vllm_command()
     assert cmd[cmd.index("--middleware") + 1] == MIDDLEWARE_IMPORT_PATH
-    assert TOKEN not in " ".join(cmd) and vllm_env(config, {})[CLUSTER_TOKEN_ENV] == TOKEN
-    open_config = DecodeConfig(model_dir=config.model_dir, served_model_name="m",
-                               transport=TransportSettings(name="tcp", role="decode"))
-    assert "--middleware" not in vllm_command(open_config)
+    assert TOKEN not in " ".join(cmd) and config.vllm_env({})[CLUSTER_TOKEN_ENV] == TOKEN
+    open_config = _decode_node(config.model_dir, None)
+    assert "--middleware" not in open_config.vllm_command()
 
 
 def test_the_supervisor_info_needs_the_token_and_health_does_not(tmp_path: Path):
-    config = DecodeConfig(model_dir=_model_dir(tmp_path), served_model_name="m", cluster_token=TOKEN,
-                          transport=TransportSettings(name="tcp", role="decode"))
+    config = _decode_node(_model_dir(tmp_path), TOKEN)
     with serve(info_app(Supervisor(config))) as url:
         assert httpx.get(f"{url}/health", timeout=5).status_code == 503  # open: loading, not 401
         assert httpx.get(f"{url}/info", timeout=5).status_code == 401

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from core.host import has_cuda
-from disagg.node_cli import _kv_buffer_device
+from core.host import detect_platform
 
 pytestmark = pytest.mark.gpu
 
@@ -16,5 +16,4 @@ def test_host_probe_agrees_with_torch():
 
 
 def test_auto_kv_buffer_is_gpu_memory_on_cuda_hosts():
-    assert _kv_buffer_device("auto", cuda=True) == "cuda"
-    assert _kv_buffer_device("cpu", cuda=True) == "cpu"  # DGX Spark / GB10: no GPUDirect RDMA
+    assert detect_platform().kv_buffer_device()[0] == "cuda"

@@ -155,31 +155,34 @@ def test_settings_take_the_token_from_the_environment_only():
 # ---- the node option -----------------------------------------------------------------------------------
 
 def node_config(tmp_path: Path, monkeypatch, *argv: str):
-    from disagg import node_cli
+    from core.host import Platform
+    from node.cli import add_node_parser, settings_from_args
+    from node.launch import resolve
+    from prefill_node.role import ROLE
 
     (tmp_path / "model").mkdir(parents=True, exist_ok=True)
-    (tmp_path / "model" / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    (tmp_path / "model" / "config.json").write_text(json.dumps(
+        {"model_type": "llama", "num_hidden_layers": 2, "num_attention_heads": 4, "hidden_size": 64}))
     parser = argparse.ArgumentParser()
-    node_cli.add_node_parser(parser.add_subparsers(), "prefill", "prefill", run=None)
+    add_node_parser(parser.add_subparsers(), ROLE)
     args = parser.parse_args(["prefill", "--model", str(tmp_path / "model"), "--transport", "tcp", *argv])
-    return node_cli.config_from_args(args)
+    return resolve(settings_from_args(ROLE, args), ROLE, Platform(cuda=False, cores=(0, 1)))
 
 
 def test_token_file_reaches_vllm_through_its_environment_only(tmp_path, monkeypatch):
     from core.errors import ConfigError
-    from disagg.node_config import vllm_command, vllm_env
 
     monkeypatch.delenv(auth.CLUSTER_TOKEN_ENV, raising=False)
     token_file = tmp_path / "token"
     token_file.write_text("file-secret\n")
     token_file.chmod(0o600)
     config = node_config(tmp_path, monkeypatch, "--cluster-token-file", str(token_file))
-    assert vllm_env(config, {})[auth.CLUSTER_TOKEN_ENV] == "file-secret"
-    assert "file-secret" not in " ".join(vllm_command(config)) and "file-secret" not in repr(config)
+    assert config.vllm_env({})[auth.CLUSTER_TOKEN_ENV] == "file-secret"
+    assert "file-secret" not in " ".join(config.vllm_command()) and "file-secret" not in repr(config)
     monkeypatch.setenv(auth.CLUSTER_TOKEN_ENV, "env-secret")
     assert node_config(tmp_path / "b", monkeypatch).cluster_token == "env-secret"
     monkeypatch.delenv(auth.CLUSTER_TOKEN_ENV)
-    assert auth.CLUSTER_TOKEN_ENV not in vllm_env(node_config(tmp_path / "c", monkeypatch), {})
+    assert auth.CLUSTER_TOKEN_ENV not in node_config(tmp_path / "c", monkeypatch).vllm_env({})
     token_file.write_text("\n")
     with pytest.raises(ConfigError, match="empty"):
         node_config(tmp_path / "d", monkeypatch, "--cluster-token-file", str(token_file))

@@ -71,10 +71,11 @@ def test_node_with_nixl_missing_picks_tcp_under_auto_and_says_why(tmp_path: Path
     model = tmp_path / "model"
     model.mkdir()
     (model / "config.json").write_text(json.dumps({"num_hidden_layers": 1, "num_attention_heads": 1, "hidden_size": 8}))
-    code = ("import argparse, json; from disagg import node_cli; p = argparse.ArgumentParser(); "
-            "s = p.add_subparsers(); node_cli.add_node_parser(s, 'decode', 'h', None); "
-            f"c = node_cli.config_from_args(p.parse_args(['decode', '--transport', 'auto', '--model', {str(model)!r}])); "
-            "print(json.dumps([c.transport.name, c.transport_reason]))")
+    code = ("import json; from core.host import detect_platform; from decode_node.role import ROLE; "
+            "from node.launch import resolve; from node.settings import NodeSettings; "
+            "s = NodeSettings.build(role='decode', **ROLE.defaults.as_settings(), transport='auto', "
+            f"model={str(model)!r}); c = resolve(s, ROLE, detect_platform(), environ={{}}); "
+            "print(json.dumps([c.transport.name, c.transport.reason]))")
     root = Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                          env={"PYTHONPATH": f"{stub.parent}:{root}", "PATH": "/usr/bin:/bin"})

@@ -24,8 +24,10 @@ from fastapi.responses import JSONResponse
 from core import host
 from core.cluster_token import ClusterTokenMiddleware
 from core.messages import NodeInfo
-from core.kv_geometry import model_geometry
-from disagg.node_config import NodeConfig, vllm_command, vllm_env
+from core.host import detect_platform
+from node.launch import NodeLaunch, resolve
+from node.role import NodeRole
+from node.settings import NodeSettings
 
 log = logging.getLogger(__name__)
 STOP_GRACE_S = 20.0
@@ -33,9 +35,10 @@ WORKER_NAME = "VLLM::Worker"  # what vLLM names its worker processes (/proc/PID/
 
 
 class Supervisor:
-    def __init__(self, config: NodeConfig) -> None:
-        self.config = config
-        self.kv_bytes_per_token = model_geometry(config.model_dir, config.dtype).kv_bytes_per_token
+    """Runs one node's vLLM server (see the module docstring); `launch` says what to run and how."""
+
+    def __init__(self, launch: NodeLaunch) -> None:
+        self.launch = launch
         self.process: subprocess.Popen[bytes] | None = None
         self.engine_ready = False
         self.exit_code: int | None = None
@@ -43,21 +46,17 @@ class Supervisor:
         self.restarts = 0
 
     def info(self) -> NodeInfo:
-        c = self.config
-        return NodeInfo(
-            role=c.role, vllm_url=c.vllm_url, model_path=str(c.model_dir),
-            served_model_name=c.served_model_name, transport=c.transport.name,
-            transport_reason=c.transport_reason, kv_host=c.transport.kv_host, kv_port=c.transport.kv_port,
-            kv_bytes_per_token=self.kv_bytes_per_token,
-            block_size_tokens=None, kv_role=c.transport.kv_role, engine_ready=self.engine_ready,
-            pid=self.process.pid if self.process else None,
-        )
+        return self.launch.info(self.engine_ready, self.process.pid if self.process else None)
 
     def start(self) -> None:
-        cmd = vllm_command(self.config)
-        log.info("starting %s vLLM server: %s", self.config.role, " ".join(cmd))
-        env = vllm_env(self.config, dict(os.environ))
+        cmd = self.launch.vllm_command()
+        log.info("starting %s vLLM server: %s", self.role, " ".join(cmd))
+        env = self.launch.vllm_env(dict(os.environ))
         self.process = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=host.die_with_parent)
+
+    @property
+    def role(self) -> str:
+        return self.launch.role.name
 
     def stop(self) -> None:
         """Stop the server's whole process group: SIGTERM, then SIGKILL after a grace period."""
@@ -65,7 +64,7 @@ class Supervisor:
         if proc is None or proc.poll() is not None:
             _kill_group(proc, signal.SIGKILL)  # children may outlive the leader
             return
-        log.info("stopping %s vLLM server (pid %d)", self.config.role, proc.pid)
+        log.info("stopping %s vLLM server (pid %d)", self.role, proc.pid)
         _kill_group(proc, signal.SIGTERM)
         try:
             proc.wait(timeout=STOP_GRACE_S)
@@ -79,24 +78,25 @@ class Supervisor:
         (vllm/distributed/kv_transfer/kv_connector/v1/nixl/base_worker.py, "reserve ... cores for
         start_load_kv"). With one core per node, that puts the prefill and the decode worker on the same
         core. Put the worker's threads back on this node's cores."""
-        if self.config.cuda or self.config.cpu_cores is None or self.process is None:
+        cores = self.launch.cpu_cores
+        if self.launch.platform.cuda or cores is None or self.process is None:
             return
-        moved = host.repin_threads(self.process.pid, host.parse_cores(self.config.cpu_cores), WORKER_NAME)
+        moved = host.repin_threads(self.process.pid, host.parse_cores(cores), WORKER_NAME)
         if moved:
-            log.info("moved %d vLLM worker threads back to cores %s", moved, self.config.cpu_cores)
+            log.info("moved %d vLLM worker threads back to cores %s", moved, cores)
 
     async def watch(self, server: uvicorn.Server) -> None:
         """Watch the server until it dies, restarting it up to `max_restarts` times; then end the node."""
         async with httpx.AsyncClient(timeout=2.0) as client:
-            while await self._watch_once(client) and self.restarts < self.config.max_restarts:
+            while await self._watch_once(client) and self.restarts < self.launch.settings.engine.restart_on_crash:
                 self.restarts += 1
-                log.warning("%s vLLM server died (exit code %s); restarting it (%d of %d)", self.config.role,
-                            self.process.poll() if self.process else None, self.restarts, self.config.max_restarts)
+                log.warning("%s vLLM server died (exit code %s); restarting it (%d of %d)", self.role,
+                            self.process.poll() if self.process else None, self.restarts, self.launch.settings.engine.restart_on_crash)
                 _kill_group(self.process, signal.SIGKILL)  # what is left of the old one
                 self.start()
         self.exit_code = self.process.poll() if self.process else None
         self.failed = True
-        log.error("%s vLLM server stopped (exit code %s); stopping the node", self.config.role, self.exit_code)
+        log.error("%s vLLM server stopped (exit code %s); stopping the node", self.role, self.exit_code)
         self.engine_ready = False
         server.should_exit = True
 
@@ -106,18 +106,18 @@ class Supervisor:
         started_s = last_report_s = time.monotonic()
         self.engine_ready = False
         while self.process is not None and self.process.poll() is None:
-            healthy = await _is_healthy(client, self.config.vllm_url)
+            healthy = await _is_healthy(client, self.launch.vllm_url)
             now_s = time.monotonic()
             if healthy and not self.engine_ready:
-                log.info("%s vLLM server ready in %.1f s at %s", self.config.role, now_s - started_s,
-                         self.config.vllm_url)
+                log.info("%s vLLM server ready in %.1f s at %s", self.role, now_s - started_s,
+                         self.launch.vllm_url)
                 self.restore_core_binding()
             elif not healthy and not self.engine_ready and now_s - last_report_s >= 10:
-                log.info("%s vLLM server loading (%.0f s)", self.config.role, now_s - started_s)
+                log.info("%s vLLM server loading (%.0f s)", self.role, now_s - started_s)
                 last_report_s = now_s
             self.engine_ready = healthy or self.engine_ready
-            if not self.engine_ready and now_s - started_s > self.config.ready_timeout_s:
-                log.error("vLLM server not ready after %.0f s; giving up", self.config.ready_timeout_s)
+            if not self.engine_ready and now_s - started_s > self.launch.settings.ready_timeout_s:
+                log.error("vLLM server not ready after %.0f s; giving up", self.launch.settings.ready_timeout_s)
                 return False
             await asyncio.sleep(1.0)
         return True
@@ -145,7 +145,7 @@ def _kill_group(proc: subprocess.Popen[bytes] | None, sig: int) -> None:
 
 
 def info_app(supervisor: Supervisor) -> FastAPI:
-    app = FastAPI(title=f"disagg {supervisor.config.role} node")
+    app = FastAPI(title=f"disagg {supervisor.role} node")
 
     @app.get("/info")
     async def info() -> Any:
@@ -154,11 +154,11 @@ def info_app(supervisor: Supervisor) -> FastAPI:
     @app.get("/health")
     async def health() -> JSONResponse:
         ok = supervisor.engine_ready
-        return JSONResponse({"status": "ok" if ok else "loading", "role": supervisor.config.role},
+        return JSONResponse({"status": "ok" if ok else "loading", "role": supervisor.role},
                             status_code=200 if ok else 503)
 
-    if supervisor.config.cluster_token:
-        app.add_middleware(ClusterTokenMiddleware, token=supervisor.config.cluster_token)  # /health stays open
+    if supervisor.launch.cluster_token:
+        app.add_middleware(ClusterTokenMiddleware, token=supervisor.launch.cluster_token)  # /health stays open
     return app
 
 
@@ -171,11 +171,18 @@ class _InfoServer(uvicorn.Server):
         yield
 
 
-def run_node(config: NodeConfig) -> int:
-    """Run a node until it is told to stop (SIGINT/SIGTERM) or its vLLM server dies."""
-    supervisor = Supervisor(config)
-    server = _InfoServer(uvicorn.Config(info_app(supervisor), host=config.host, port=config.info_port,
-                                        log_level="warning"))
+def run_node(settings: NodeSettings, role: NodeRole) -> int:
+    """Run a node on this host until it is told to stop (SIGINT/SIGTERM) or its vLLM server dies."""
+    launch = resolve(settings, role, detect_platform())
+    log.info("%s node transport: %s (%s)", role.name, launch.transport.name, launch.transport.reason)
+    return run_launch(launch)
+
+
+def run_launch(launch: NodeLaunch) -> int:
+    """Run a resolved node (see `run_node`); 1 when its vLLM server died or never became ready."""
+    supervisor = Supervisor(launch)
+    server = _InfoServer(uvicorn.Config(info_app(supervisor), host=launch.settings.host,
+                                        port=launch.settings.info_port, log_level="warning"))
     supervisor.start()
 
     async def main() -> None:
