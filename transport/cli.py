@@ -96,7 +96,8 @@ def run_doctor(args: argparse.Namespace) -> int:
 def run_bench(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from transport import xfer_bench, xfer_table
+    from bench.xfer import bench as xfer_bench
+    from bench.xfer import table as xfer_table
 
     try:
         settings = xfer_bench.BenchSettings(

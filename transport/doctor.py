@@ -121,8 +121,8 @@ def probe_auto(peer_host: str, nixl_importable: bool) -> dict[str, Any]:
 def probe_bandwidth(size_mib: int, repeats: int, max_duration_s: float,
                     methods: tuple[str, ...] | None = None) -> dict[str, Any]:
     """GB/s of each transport method (all by default) at one size on loopback (`transport.xfer_bench`)."""
-    from transport.xfer_bench import METHOD_NAMES, BenchSettings, run_bench
-    from transport.xfer_buffers import MIB
+    from bench.xfer.bench import METHOD_NAMES, BenchSettings, run_bench
+    from bench.xfer.buffers import MIB
 
     report = run_bench(BenchSettings(sizes_bytes=(size_mib * MIB,), repeats=repeats,
                                      max_duration_s=max_duration_s, methods=methods or METHOD_NAMES))

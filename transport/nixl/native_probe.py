@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from transport.xfer_nixl import import_nixl
+from transport.nixl.library import import_nixl
 
 MARKER = "DISAGG-NATIVE-PROBE "
 UCP_PARAM_FIELD_FEATURES = 1

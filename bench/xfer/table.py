@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from transport.xfer_bench import MEMCPY, SOCKET, BenchReport, Measurement
-from transport.xfer_buffers import MIB
+from bench.xfer.bench import MEMCPY, SOCKET, BenchReport, Measurement
+from bench.xfer.buffers import MIB
 
 TARGET_METHOD = "tcp-connector"
 TARGET_RATIO_TO_SOCKET = 0.9

@@ -10,9 +10,10 @@ import statistics
 import numpy as np
 import pytest
 
-from transport import xfer_bench, xfer_buffers
-from transport.xfer_bench import MEMCPY, METHOD_NAMES, SOCKET, BenchSettings, Measurement, run_bench
-from transport.xfer_buffers import MIB
+from bench.xfer import bench as xfer_bench
+from bench.xfer import buffers as xfer_buffers
+from bench.xfer.bench import MEMCPY, METHOD_NAMES, SOCKET, BenchSettings, Measurement, run_bench
+from bench.xfer.buffers import MIB
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -31,7 +32,7 @@ class WrongBytesSource:
     """A socket source that serves zeros instead of the pattern: the sink must notice."""
 
     def __new__(cls):  # noqa: D102 - built by the peer process
-        from transport import xfer_peers
+        from bench.xfer import peers as xfer_peers
 
         peer = xfer_peers.SocketSource()
         peer.prepare = lambda size_bytes, transfers: _serve_zeros(peer, size_bytes, transfers)
@@ -39,7 +40,7 @@ class WrongBytesSource:
 
 
 def _serve_zeros(peer, size_bytes: int, transfers: int) -> dict:
-    from transport import xfer_peers
+    from bench.xfer import peers as xfer_peers
 
     endpoint = xfer_peers.SocketSource.prepare(peer, size_bytes, transfers)
     peer._buffer.fill(0)  # the serving thread sends from this very buffer

@@ -2,7 +2,7 @@
 
 Methods (`METHODS`): our TCP connector's data path, NIXL READ (UCX defaults, and UCX restricted to TCP),
 a plain blocking TCP socket, each between two processes on 127.0.0.1, and a memcpy inside one process.
-Each method runs its sizes in one pair of processes (`transport.xfer_pair`); per size one warm-up transfer,
+Each method runs its sizes in one pair of processes (`bench.xfer.pair`); per size one warm-up transfer,
 then `repeats` timed ones, whose median is the result. A method that cannot start (NIXL missing) or fails
 is reported with its reason; the rest still run. GB/s are 10**9 bytes per second; sizes are MiB.
 """
@@ -16,9 +16,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from transport import xfer_peers
-from transport.xfer_buffers import BLOCK_NBYTES, MIB, layout_for
-from transport.xfer_pair import PeerError, PeerGoneError, PeerPair, PeerUnavailableError
+from bench.xfer import peers
+from bench.xfer.buffers import MIB, layout_for
+from bench.xfer.pair import PeerError, PeerGoneError, PeerPair, PeerUnavailableError
 
 logger = logging.getLogger(__name__)
 
@@ -41,13 +41,13 @@ class Method:
 
 METHODS: tuple[Method, ...] = (
     Method("tcp-connector", "our TCP KV connector: BlockServer -> pull_blocks, framed, CRC-32C, 2 processes",
-           "transport.xfer_peers:TcpConnectorSource", "transport.xfer_peers:TcpConnectorSink"),
+           "bench.xfer.peers:TcpConnectorSource", "bench.xfer.peers:TcpConnectorSink"),
     Method("nixl-ucx", "NIXL READ of the KV blocks, UCX backend with its default transports, 2 processes",
-           "transport.xfer_nixl:NixlSource", "transport.xfer_nixl:NixlSink"),
+           "bench.xfer.nixl_peers:NixlSource", "bench.xfer.nixl_peers:NixlSink"),
     Method("nixl-ucx-tcp", "NIXL READ of the KV blocks, UCX restricted to TCP (UCX_TLS=tcp), 2 processes",
-           "transport.xfer_nixl:NixlSource", "transport.xfer_nixl:NixlSink", {"UCX_TLS": "tcp"}),
+           "bench.xfer.nixl_peers:NixlSource", "bench.xfer.nixl_peers:NixlSink", {"UCX_TLS": "tcp"}),
     Method(SOCKET, "plain blocking TCP socket, sendall -> recv_into one buffer, 2 processes",
-           "transport.xfer_peers:SocketSource", "transport.xfer_peers:SocketSink"),
+           "bench.xfer.peers:SocketSource", "bench.xfer.peers:SocketSink"),
     Method(MEMCPY, "numpy.copyto between two buffers in one process"),
 )
 METHOD_NAMES = tuple(m.name for m in METHODS)
@@ -199,7 +199,7 @@ def _run_in_process(method: Method, settings: BenchSettings, deadline_s: float) 
             yield _not_run(method.name, size_bytes, "", settings)
             continue
         try:
-            reply = xfer_peers.memcpy_step(size_bytes, settings.repeats)
+            reply = peers.memcpy_step(size_bytes, settings.repeats)
         except (MemoryError, ValueError) as exc:
             yield Measurement(method.name, size_bytes, "failed", f"{type(exc).__name__}: {exc}")
             continue
