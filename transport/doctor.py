@@ -105,19 +105,15 @@ def probe_rdma() -> dict[str, Any]:
 
 def probe_auto(peer_host: str, report: Report | None = None) -> dict[str, Any]:
     """What `--transport auto` picks for a link to `peer_host` and why: every registered transport's verdict
-    (`registry.candidates`), the pick (`registry.choose`, as a node started here would make it) and, when the
-    picked transport's own section in `report` is not ok, a warning. ConfigError when none suits."""
+    (`registry.candidates`), the pick and its reason (`registry.choose`, as a node started here makes it: why
+    the transports before it were passed over included) and, when the picked transport's own section in
+    `report` is not ok, a warning. ConfigError when none suits."""
     link = facts.link_facts(peer_host)
     candidates = registry.candidates(link)
     picked = registry.choose("auto", link)
-    passed = []
-    for name, fits, why in candidates:
-        if name == picked.name:
-            break
-        passed.append(f"not {name}: {why}")
     info: dict[str, Any] = {
         "status": "ok", "peer": peer_host, "peer_is_local": link.peer_is_local, "choice": picked.name,
-        "reason": picked.reason + (f" ({'; '.join(passed)})" if passed else ""),
+        "reason": picked.reason,
         "candidates": [{"transport": name, "fits": fits, "reason": why} for name, fits, why in candidates]}
     own = (report or {}).get(picked.name) or {}
     if own.get("status", "ok") != "ok":

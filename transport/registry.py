@@ -78,7 +78,8 @@ def choose(requested: str, facts: LinkFacts) -> Choice:
         installed = transport.installed()
         fit = transport.fit_for_auto(facts) if installed.ok else installed
         if fit.ok:
-            return Choice(transport.name, f"auto: {fit.reason}")
+            skipped = f" (not {'; not '.join(passed)})" if passed else ""
+            return Choice(transport.name, f"auto: {fit.reason}{skipped}")
         passed.append(f"{transport.name}: {fit.reason}")
     raise ConfigError(f"--transport auto: no transport suits a link to {facts.peer_host} ({'; '.join(passed)})")
 
