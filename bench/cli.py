@@ -1,4 +1,4 @@
-"""Registers bench's subcommands on the `disagg` CLI: `bench serve`, `bench compare` and `kv-size`.
+"""Registers bench's subcommands on the `disagg` CLI: `bench serve`, `bench compare`, `bench transport`, `kv-size`.
 
 `disagg.cli` calls `add_parsers(subparsers)`; each leaf parser sets `func(args) -> int` (the exit code).
 """
@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from bench import compare_cli, kv_size_cli, serve_cli
-from transport import cli as transport_cli
+from bench import compare_cli, kv_size_cli, serve_cli, transport_cli
 
 _FORMATTER = argparse.RawDescriptionHelpFormatter
 
@@ -69,9 +68,26 @@ examples:
   disagg bench compare --colocated-url http://127.0.0.1:8001 --disagg-url nixl=http://127.0.0.1:8000 \\
       --decode-metrics-url nixl=http://127.0.0.1:8200 --out-dir cmp"""
 
+TRANSPORT_DESCRIPTION = """\
+Moves KV-shaped buffers (16 layers of 64 KiB blocks) between two processes on 127.0.0.1 with:
+  tcp-connector  our TCP KV connector's block server and pull client (frames, CRC-32C)
+  nixl-ucx       a NIXL READ of the blocks, UCX with its default transports
+  nixl-ucx-tcp   the same with UCX restricted to TCP (UCX_TLS=tcp)
+  socket         a plain blocking TCP socket (sendall -> recv_into)
+and memcpy (numpy.copyto in one process). Per size: one warm-up, then --repeats timed transfers, the
+median reported in GB/s (10^9 B/s) with its ratio to socket and memcpy. Unavailable or failing methods
+are reported with the reason. Exit status: 0 when no measurement failed (unavailable and skipped are not
+failures), 1 when one did, 2 for bad options."""
+
+TRANSPORT_EPILOG = """\
+examples:
+  disagg bench transport
+  disagg bench transport --sizes-mb 1,64 --repeats 5 --methods tcp-connector,socket,memcpy
+  disagg bench transport --json --output transport.json --max-duration-s 300"""
+
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
-    """Add `kv-size` and `bench` (with `serve` and `compare`) to the `disagg` subcommands."""
+    """Add `kv-size` and `bench` (with `serve`, `compare` and `transport`) to the `disagg` subcommands."""
     kv_parser = subparsers.add_parser(
         "kv-size", help="KV-cache size, capacity, transfer time and bandwidth for a model",
         description=KV_SIZE_DESCRIPTION, epilog=KV_SIZE_EPILOG, formatter_class=_FORMATTER)
@@ -92,4 +108,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         description=COMPARE_DESCRIPTION, epilog=COMPARE_EPILOG, formatter_class=_FORMATTER)
     compare_cli.add_arguments(compare_parser)
     compare_parser.set_defaults(func=compare_cli.run)
-    transport_cli.add_bench_parser(bench_sub)
+    transport_parser = bench_sub.add_parser(
+        "transport", help="KV transport bandwidth: TCP connector, NIXL, socket, memcpy",
+        description=TRANSPORT_DESCRIPTION, epilog=TRANSPORT_EPILOG, formatter_class=_FORMATTER)
+    transport_cli.add_arguments(transport_parser)
+    transport_parser.set_defaults(func=transport_cli.run)

@@ -24,10 +24,9 @@ from bench.client import EndpointError
 from bench.compare import COLOCATED, CompareSettings, Target
 from core.errors import ConfigError
 from core.model import default_model_dir
+from transport import registry
 
 log = logging.getLogger(__name__)
-
-TRANSPORTS = ("nixl", "tcp")
 
 
 def _lens_arg(text: str) -> tuple[int, ...]:
@@ -44,10 +43,12 @@ def _named_url(text: str) -> tuple[str, str]:
 
 
 def _transports_arg(text: str) -> tuple[str, ...]:
+    """Comma-separated names of registered transports with a KV connector (`transport.registry.connectors`)."""
     names = tuple(piece.strip() for piece in text.split(",") if piece.strip())
-    unknown = [name for name in names if name not in TRANSPORTS]
+    known = registry.connectors()
+    unknown = [name for name in names if name not in known]
     if not names or unknown:
-        raise argparse.ArgumentTypeError(f"transports must be from {', '.join(TRANSPORTS)}, got {text!r}")
+        raise argparse.ArgumentTypeError(f"transports must be from {', '.join(known)}, got {text!r}")
     return names
 
 

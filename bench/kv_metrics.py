@@ -1,7 +1,7 @@
 """KV transfer time and bytes, read from the decode node's vLLM Prometheus metrics as deltas.
 
 Each transport's connector exports a time histogram (seconds per transfer: `_sum`, `_count`) and the
-bytes moved. Reading them before and after a request gives its transfers: time = Δtime_sum / Δcount,
+bytes moved, under the names its registered transport declares (`transport.base.Transport.metric_names`). Reading them before and after a request gives its transfers: time = Δtime_sum / Δcount,
 bytes = Δbytes / Δcount; `combine` pools the requests of one prompt length. Also read: the decode node's
 prompt tokens by source, which shows whether prompts were pulled, computed locally or hit its prefix cache.
 """
@@ -18,27 +18,19 @@ from typing import Any, Mapping, Sequence
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from transport import registry
+from transport.base import TransferMetricNames
+
 log = logging.getLogger(__name__)
 
 Snapshot = dict[str, float]
 PROMPT_TOKENS_BY_SOURCE = "vllm:prompt_tokens_by_source_total"
 
 
-@dataclass(frozen=True)
-class TransferMetricNames:
-    """Sample names of one connector's transfer metrics (after Prometheus' suffixing)."""
-
-    time_sum: str
-    time_count: str
-    bytes_sum: str
-
-
-TRANSFER_METRICS: dict[str, TransferMetricNames] = {
-    "nixl": TransferMetricNames("vllm:nixl_xfer_time_seconds_sum", "vllm:nixl_xfer_time_seconds_count",
-                                "vllm:nixl_bytes_transferred_sum"),
-    "tcp": TransferMetricNames("vllm:disagg_tcp_kv_pull_seconds_sum", "vllm:disagg_tcp_kv_pull_seconds_count",
-                               "vllm:disagg_tcp_kv_pulled_bytes_total"),
-}
+def transfer_metrics() -> dict[str, TransferMetricNames]:
+    """Each registered transport's transfer metric names (`Transport.metric_names`), by transport name, in
+    registry order; transports without a connector (`none`) have none."""
+    return {t.name: t.metric_names for t in registry.all_transports() if t.metric_names is not None}
 
 
 @dataclass(frozen=True)
@@ -81,14 +73,16 @@ async def read(client: httpx.AsyncClient, vllm_url: str) -> Snapshot:
 
 
 def delta(before: Snapshot, after: Snapshot, transport: str) -> TransferDelta:
-    """Transfers between two snapshots. An unknown transport name uses whichever connector moved data."""
-    candidates = [transport] if transport in TRANSFER_METRICS else list(TRANSFER_METRICS)
+    """Transfers between two snapshots, read with `transport`'s metric names. An unknown transport name (a
+    mode named otherwise) uses whichever registered connector moved data, else the first."""
+    metrics = transfer_metrics()
+    candidates = [transport] if transport in metrics else list(metrics)
     best = candidates[0]
     for name in candidates:
-        if _diff(before, after, TRANSFER_METRICS[name].time_count) > 0:
+        if _diff(before, after, metrics[name].time_count) > 0:
             best = name
             break
-    names = TRANSFER_METRICS[best]
+    names = metrics[best]
     sources = {key[len(PROMPT_TOKENS_BY_SOURCE) + 1:-1]: _diff(before, after, key)
                for key in after if key.startswith(PROMPT_TOKENS_BY_SOURCE + "[")}
     return TransferDelta(connector=best, count=round(_diff(before, after, names.time_count)),

@@ -30,6 +30,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from core.errors import ConfigError
+from transport import registry
 
 LOCAL = "local"  # the router's host when it runs on the machine that runs `disagg up`
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -158,7 +159,7 @@ class ClusterSpec(_Strict):
     name: str = Field(pattern=_NAME)
     model: str = Field(min_length=1)
     served_model_name: str | None = None
-    transport: Literal["nixl", "tcp", "auto"] = "nixl"
+    transport: str = "nixl"  # a registered transport with a KV connector, or auto (`_transport_name`)
     run_dir: str | None = None  # pids and logs on each host (default: ~/.cache/disagg/clusters/NAME)
     token_file: str | None = None  # the cluster token, at this path on every host (none: nodes are open)
     ready_timeout_s: float = Field(default=900.0, gt=0)
@@ -168,6 +169,16 @@ class ClusterSpec(_Strict):
     decode: DecodeSpec
     router: RouterSpec = RouterSpec()
     engine: EngineSpec = EngineSpec()
+
+    @field_validator("transport")
+    @classmethod
+    def _transport_name(cls, name: str) -> str:
+        """One of `transport.registry.connectors()` or auto, asked when the file is validated."""
+        accepted = (*registry.connectors(), registry.AUTO)
+        if name not in accepted:
+            quoted = [repr(choice) for choice in accepted]
+            raise ValueError(f"Input should be {', '.join(quoted[:-1])} or {quoted[-1]}")
+        return name
 
     @field_validator("hosts")
     @classmethod

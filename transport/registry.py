@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass
 
 from core.errors import ConfigError
-from transport.base import LinkFacts, Transport
+from transport.base import KvLink, LinkFacts, Transport
 
 log = logging.getLogger(__name__)
 AUTO = "auto"
@@ -49,7 +49,15 @@ def get(name: str) -> Transport:
 
 
 def all_transports() -> tuple[Transport, ...]:
+    """Every registered transport, in `auto`'s order of preference."""
     return tuple(_TRANSPORTS.values())
+
+
+def connectors() -> tuple[str, ...]:
+    """The transports that give vLLM a KV connector (all but `none`), in order: what a disaggregated cluster
+    (a cluster file, `bench compare --transports`) can run."""
+    probe = KvLink(role="decode")
+    return tuple(t.name for t in _TRANSPORTS.values() if t.kv_transfer_config(probe) is not None)
 
 
 @dataclass(frozen=True)

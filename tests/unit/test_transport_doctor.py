@@ -6,7 +6,10 @@ import json
 
 import pytest
 
-from transport import doctor
+from transport import doctor, registry
+from transport.base import Fit
+from transport.nixl import child, native_probe
+from transport.nixl.plugin import NixlTransport
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -16,10 +19,33 @@ NO_NIXL = {"nixl": {"status": "not installed", "importable": False, "reason": "n
            "ucx": {"status": "unavailable", "reason": "no ucx_info on PATH and no libucp found"}}
 
 
+def native_sections() -> dict:
+    """nixl's probe (a child process) as the report shows it: {"nixl": ..., "ucx": ...}."""
+    nixl = native_probe.probe_in_child()
+    return {"nixl": nixl, "ucx": nixl.pop("sections")["ucx"]}
+
+
+def nixl_probe_says(monkeypatch, native: dict) -> None:
+    """The nixl transport's doctor probe answers `native` ({"nixl": ..., "ucx": ...})."""
+    section = {**native["nixl"], "sections": {"ucx": native["ucx"]}}
+    monkeypatch.setattr(NixlTransport, "doctor", lambda self: json.loads(json.dumps(section)))
+
+
+def nixl_missing(monkeypatch) -> None:
+    """This host as one without NIXL: its probe and `installed()` (what auto asks) both say so."""
+    nixl_probe_says(monkeypatch, NO_NIXL)
+    monkeypatch.setattr(NixlTransport, "installed", lambda self: Fit(False, "NIXL is not installed here"))
+
+
+def expected_sections() -> list[str]:
+    transports = [name for name in registry.names() for name in ((name, "ucx") if name == "nixl" else (name,))]
+    return [*doctor.HOST_SECTIONS, *transports, *doctor.LINK_SECTIONS]
+
+
 @pytest.fixture(scope="module")
 def real_native() -> dict:
     """The real NIXL/UCX probe of this host (a child process), once for the module."""
-    return doctor.probe_native()
+    return native_sections()
 
 
 @pytest.fixture
@@ -31,14 +57,15 @@ def fast_vllm(monkeypatch):
 def test_json_report_has_every_section(fast_vllm, monkeypatch, real_native, capsys):
     from disagg.cli import main
 
-    monkeypatch.setattr(doctor, "probe_native", lambda: real_native)
+    nixl_probe_says(monkeypatch, real_native)
     assert main(["doctor", "--json", "--no-bench"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert list(report) == list(doctor.SECTIONS)
-    assert all("status" in report[section] for section in doctor.SECTIONS)
+    assert list(report) == expected_sections() == list(doctor.section_names(report))
+    assert all("status" in report[section] for section in report)
     assert report["host"]["cpu_count"] >= 1 and report["host"]["usable_cores"] >= 1
     assert report["bandwidth"] == {"status": "skipped", "reason": "--no-bench"}
     assert report["auto"]["peer"] == "127.0.0.1" and report["auto"]["reason"].startswith("auto: ")
+    assert [row["transport"] for row in report["auto"]["candidates"]] == list(registry.names())
 
 
 def test_nixl_and_ucx_as_this_host_has_them(real_native):
@@ -52,21 +79,22 @@ def test_nixl_and_ucx_as_this_host_has_them(real_native):
 
 
 def test_missing_nixl_is_reported_and_auto_falls_back_to_tcp(fast_vllm, monkeypatch):
-    monkeypatch.setattr(doctor, "probe_native", lambda: json.loads(json.dumps(NO_NIXL)))
+    nixl_missing(monkeypatch)
     report = doctor.collect("127.0.0.1", bench=False)
-    assert set(report) == set(doctor.SECTIONS)
+    assert set(report) == set(expected_sections())
     assert report["nixl"]["status"] == "not installed"
     assert report["auto"]["choice"] == "tcp" and "NIXL is not installed" in report["auto"]["reason"]
     sections = {section for section, _, _ in doctor.rows(report)}
-    assert sections == set(doctor.SECTIONS)
+    assert sections == set(expected_sections())
 
 
 def test_a_probe_that_raises_becomes_unavailable(fast_vllm, monkeypatch):
-    def broken() -> dict:
+    def broken(*args, **kwargs) -> dict:
         raise OSError("probe exploded")
 
-    monkeypatch.setattr(doctor, "probe_native", broken)
+    monkeypatch.setattr(child, "run", broken)  # nixl's probe process
     monkeypatch.setattr(doctor, "probe_rdma", broken)
+    monkeypatch.setattr(NixlTransport, "installed", lambda self: Fit(False, "OSError: probe exploded"))
     report = doctor.collect("127.0.0.1", bench=False)
     for section in ("nixl", "ucx", "rdma"):
         assert report[section]["status"] == "unavailable"
@@ -74,12 +102,19 @@ def test_a_probe_that_raises_becomes_unavailable(fast_vllm, monkeypatch):
     assert report["auto"]["choice"] == "tcp"  # a NIXL nobody could probe is not used
 
 
+def test_a_transport_probe_that_raises_is_its_section_only(fast_vllm, monkeypatch):
+    monkeypatch.setattr(NixlTransport, "doctor", lambda self: 1 / 0)
+    report = doctor.collect("127.0.0.1", bench=False)
+    assert report["nixl"] == {"status": "unavailable", "reason": "ZeroDivisionError: division by zero"}
+    assert report["tcp"]["status"] == "ok" and report["auto"]["status"] == "ok"
+
+
 def test_native_probe_survives_a_nixl_that_does_not_import(tmp_path, monkeypatch):
     stub = tmp_path / "nixl"
     stub.mkdir()
     (stub / "__init__.py").write_text("raise ImportError('NIXL hidden for this test')\n")
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
-    native = doctor.probe_native()
+    native = native_sections()
     assert native["nixl"]["status"] in ("unavailable", "not installed")
     assert native["nixl"]["importable"] is False
     if native["nixl"]["status"] == "unavailable":
@@ -88,8 +123,8 @@ def test_native_probe_survives_a_nixl_that_does_not_import(tmp_path, monkeypatch
 
 
 def test_auto_reason_for_a_remote_peer_without_rdma(fast_vllm, monkeypatch, real_native):
-    monkeypatch.setattr(doctor, "probe_native", lambda: real_native)
-    monkeypatch.setattr(doctor.choice, "rdma_devices", lambda *args: [])
+    nixl_probe_says(monkeypatch, real_native)
+    monkeypatch.setattr(doctor.facts, "rdma_devices", lambda *args: [])
     report = doctor.collect("192.0.2.1", bench=False)  # TEST-NET-1: never this host
     auto = report["auto"]
     assert auto["peer_is_local"] is False
@@ -98,14 +133,33 @@ def test_auto_reason_for_a_remote_peer_without_rdma(fast_vllm, monkeypatch, real
 
 
 def test_bandwidth_section_and_table(fast_vllm, monkeypatch, capsys):
-    bandwidth = doctor.probe_bandwidth(1, repeats=1, max_duration_s=60, methods=("socket", "memcpy"))
-    assert set(bandwidth["methods"]) == {"socket", "memcpy"}
-    assert all(entry["gb_per_s"] > 0 for entry in bandwidth["methods"].values())
-    monkeypatch.setattr(doctor, "probe_native", lambda: json.loads(json.dumps(NO_NIXL)))
+    tcp = registry.get("tcp")
+    bandwidth = doctor.probe_bandwidth(1, repeats=1, max_duration_s=60, transports=(tcp,))
+    assert set(bandwidth["transports"]) == {"tcp"}
+    assert all(entry["gb_per_s"] > 0 for entry in bandwidth["transports"].values())
+    nixl_missing(monkeypatch)
     monkeypatch.setattr(doctor, "probe_bandwidth", lambda *args, **kwargs: bandwidth)
     from disagg.cli import main
 
     assert main(["doctor", "--peer", "127.0.0.1"]) == 0
     table = capsys.readouterr().out
-    for text in ("auto", "NIXL is not installed", "socket", "GB/s", "not installed", "cpu_count"):
+    for text in ("auto", "NIXL is not installed", "tcp", "GB/s", "not installed", "cpu_count"):
         assert text in table
+
+
+def test_bandwidth_of_each_transport_through_its_own_data_path(monkeypatch):
+    nixl_missing(monkeypatch)
+    bandwidth = doctor.probe_bandwidth(1, repeats=1, max_duration_s=60)
+    assert bandwidth["transports"]["tcp"]["status"] == "ok" and bandwidth["transports"]["tcp"]["gb_per_s"] > 0
+    assert bandwidth["transports"]["nixl"] == {"status": "not installed", "reason": "NIXL is not installed here"}
+    assert "none" not in bandwidth["transports"]  # nothing to measure
+    assert doctor.probe_bandwidth(1, repeats=1, max_duration_s=1e-9)["transports"]["tcp"]["status"] == "skipped"
+
+
+def test_nixl_loopback_moves_the_bytes_when_nixl_is_here():
+    nixl = registry.get("nixl")
+    if not nixl.installed().ok:
+        pytest.skip("NIXL is not installed here")
+    found = nixl.loopback(2**20, 1)
+    assert found["status"] == "ok", found.get("reason")
+    assert found["gb_per_s"] > 0

@@ -1,8 +1,8 @@
-"""NIXL and UCX as this host sees them: run in a child process by `disagg doctor`, so that a native crash or
-a missing library costs one probe, not the doctor.
+"""NIXL and UCX as this host sees them: the `nixl` transport's section of `disagg doctor`.
 
-`python -m transport.nixl.native_probe` prints one line, `MARKER` followed by a JSON object with `nixl` and
-`ucx` sections (NIXL prints its own log lines on stdout too). UCX is asked through `ucx_info` when it is on
+`probe_in_child()` runs `python -m transport.nixl.native_probe` (`transport.nixl.child`), so that a native
+crash or a missing library costs one probe, not the doctor. The child answers {"nixl": ..., "ucx": ...}: NIXL's
+version, backend wheel, plugins and whether its UCX backend starts; UCX asked through `ucx_info` when it is on
 PATH, else through the libucp inside the NIXL wheel (or the system's) with ctypes: its version and the
 transport resources a UCP context opens (`ucp_context_print_info`).
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import importlib.metadata
-import json
 import os
 import re
 import shutil
@@ -21,9 +20,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from transport.xfer_nixl import import_nixl
+from transport.nixl import child
+from transport.nixl.library import import_nixl
 
-MARKER = "DISAGG-NATIVE-PROBE "
+PROBE_TIMEOUT_S = 180.0
 UCP_PARAM_FIELD_FEATURES = 1
 UCP_FEATURES_TAG_RMA = (1 << 0) | (1 << 1)
 _RESOURCE_LINE = re.compile(r"resource\s+\d+\s*:.*--\s*(\S+)")
@@ -147,10 +147,27 @@ def _print_info(ucp: ctypes.CDLL, context: ctypes.c_void_p) -> str:
         return reader.read().decode(errors="replace")
 
 
+def probe_in_child(timeout_s: float = PROBE_TIMEOUT_S) -> dict[str, Any]:
+    """The nixl section of `disagg doctor`, with UCX's findings as its `ucx` sub-section (`sections`).
+
+    Never raises: a child that crashes, answers nothing or runs past `timeout_s` seconds makes both sections
+    `status: unavailable` (and `importable: False`) with the reason.
+    """
+    try:
+        found = child.run("transport.nixl.native_probe", (), timeout_s)
+        nixl_info, ucx_info = found["nixl"], found["ucx"]
+    except Exception as exc:  # noqa: BLE001 - the doctor reports, it does not crash
+        reason = str(exc) if isinstance(exc, child.ChildProbeError) else f"{type(exc).__name__}: {exc}"
+        nixl_info = {"status": "unavailable", "importable": False, "reason": reason}
+        ucx_info = {"status": "unavailable", "reason": reason}
+    return {**nixl_info, "sections": {"ucx": ucx_info}}
+
+
 def main() -> int:
+    """The child: probe NIXL, then UCX (in NIXL's wheel when it imported), and answer both."""
     nixl_info = _guarded(probe_nixl)
     ucx_info = _guarded(lambda: probe_ucx(nixl_info.get("libs_dir") or bundled_libs_dir()))
-    sys.stdout.write(MARKER + json.dumps({"nixl": nixl_info, "ucx": ucx_info}) + "\n")
+    child.answer({"nixl": nixl_info, "ucx": ucx_info})
     return 0
 
 

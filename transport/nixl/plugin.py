@@ -57,7 +57,17 @@ class NixlTransport(Transport):
                 "VLLM_NIXL_SIDE_CHANNEL_HOST": link.kv_host, "VLLM_NIXL_SIDE_CHANNEL_PORT": str(link.kv_port)}
 
     def doctor(self) -> dict[str, Any]:
-        """NIXL's version, plugins and UCX backend, and UCX's own view, probed in a child process."""
+        """NIXL's version, plugins and UCX backend, with UCX's own view as the `ucx` section, probed in a child
+        process (`transport.nixl.native_probe`)."""
         from transport.nixl.native_probe import probe_in_child
 
         return probe_in_child()
+
+    def loopback(self, size_bytes: int, repeats: int) -> dict[str, Any] | None:
+        """A NIXL READ between two agents in a child process (`transport.nixl.loopback`)."""
+        fit = self.installed()
+        if not fit.ok:
+            return {"status": "not installed", "reason": fit.reason}
+        from transport.nixl.loopback import measure_in_child
+
+        return measure_in_child(size_bytes, repeats)

@@ -1,7 +1,8 @@
 """Our TCP KV transport: a vLLM KV connector that pulls a request's blocks over one TCP stream.
 
 Layers, bottom up: `errors`, `stream` (socket I/O) and `wire` (frames, checksum); `blocks` (where block
-bytes live); `lease` and `server` (prefill side); `client` (decode side); `settings`. Then the vLLM glue,
+bytes live); `lease` and `server` (prefill side); `client` (decode side); `settings`; `plugin` (the registered
+`Transport`) and `loopback` (doctor's in-process bandwidth check). Then the vLLM glue,
 the only modules importing vllm or torch: `kv_tensors`, `metadata`, `scheduler_side`, `worker_side`,
 `stats` and `connector`. vLLM loads
 `transport.tcp.connector.DisaggTcpConnector`; see that module for the `kv_transfer_config`.

@@ -35,3 +35,9 @@ class TcpTransport(Transport):
 
     def doctor(self) -> dict[str, Any]:
         return {"status": "ok", "reason": "built in (needs only a TCP path to the peer)"}
+
+    def loopback(self, size_bytes: int, repeats: int) -> dict[str, Any] | None:
+        """Its own block server and pull client in this process (`transport.tcp.loopback`)."""
+        from transport.tcp.loopback import measure
+
+        return measure(size_bytes, repeats)

@@ -4,8 +4,8 @@ The source agent registers its buffer and hands its agent metadata (NIXL's own b
 the buffer's address to the sink through the parent; the sink registers its buffer, loads the metadata,
 builds one descriptor per KV block per layer on each side (as vLLM's NixlConnector does), and posts the
 READ, polling until it is done. UCX picks its transports itself (shared memory or CMA on one host) unless
-the process environment restricts them, e.g. `UCX_TLS=tcp`. NIXL is imported here (`import_nixl`) and
-nowhere else in disagg; vLLM's NixlConnector imports its own.
+the process environment restricts them, e.g. `UCX_TLS=tcp`. NIXL itself is imported through
+`transport.nixl.library.import_nixl`, inside the peers' constructors.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from transport.xfer_buffers import (
+from bench.xfer.buffers import (
     block_descriptors,
     buffer_address,
     empty_buffer,
@@ -26,20 +26,12 @@ from transport.xfer_buffers import (
     layout_for,
     pattern_buffer,
 )
+from transport.nixl.library import import_nixl
 
 logger = logging.getLogger(__name__)
 
 BACKEND = "UCX"
 XFER_TIMEOUT_S = 120.0
-
-
-def import_nixl() -> tuple[Any, Any, Any]:
-    """(the `nixl` package, `nixl_agent`, `nixl_agent_config`); raises ImportError when NIXL is missing."""
-    import nixl
-    from nixl._api import nixl_agent, nixl_agent_config
-
-    logging.getLogger("nixl").setLevel(logging.WARNING)  # one INFO line per agent and backend otherwise
-    return nixl, nixl_agent, nixl_agent_config
 
 
 def _new_agent(role: str) -> Any:

@@ -10,15 +10,17 @@ import statistics
 import numpy as np
 import pytest
 
-from transport import xfer_bench, xfer_buffers
-from transport.xfer_bench import MEMCPY, METHOD_NAMES, SOCKET, BenchSettings, Measurement, run_bench
-from transport.xfer_buffers import MIB
+from bench.xfer import bench as xfer_bench
+from bench.xfer import buffers as xfer_buffers
+from bench.xfer.bench import MEMCPY, SOCKET, BenchSettings, Measurement, method_names, run_bench
+from bench.xfer.buffers import MIB
 
 pytestmark = pytest.mark.timeout(120)
 
 SIZES = (1 * MIB, 2 * MIB)
 REPEATS = 2
 NIXL_METHODS = ("nixl-ucx", "nixl-ucx-tcp")
+METHOD_NAMES = method_names()  # the registered transports' methods and the baselines
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +33,7 @@ class WrongBytesSource:
     """A socket source that serves zeros instead of the pattern: the sink must notice."""
 
     def __new__(cls):  # noqa: D102 - built by the peer process
-        from transport import xfer_peers
+        from bench.xfer import peers as xfer_peers
 
         peer = xfer_peers.SocketSource()
         peer.prepare = lambda size_bytes, transfers: _serve_zeros(peer, size_bytes, transfers)
@@ -39,7 +41,7 @@ class WrongBytesSource:
 
 
 def _serve_zeros(peer, size_bytes: int, transfers: int) -> dict:
-    from transport import xfer_peers
+    from bench.xfer import peers as xfer_peers
 
     endpoint = xfer_peers.SocketSource.prepare(peer, size_bytes, transfers)
     peer._buffer.fill(0)  # the serving thread sends from this very buffer
@@ -87,9 +89,10 @@ def test_json_rows_have_every_field_and_consistent_ratios(report):
 
 
 def test_unavailable_method_is_reported_and_the_others_still_run(monkeypatch):
-    missing = dataclasses.replace(xfer_bench.METHODS[1], source_class="transport.no_such_module:Source",
+    every = xfer_bench.methods()
+    missing = dataclasses.replace(every[1], source_class="transport.no_such_module:Source",
                                   sink_class="transport.no_such_module:Sink")
-    monkeypatch.setattr(xfer_bench, "METHODS", (missing, *[m for m in xfer_bench.METHODS if m.name == MEMCPY]))
+    monkeypatch.setattr(xfer_bench, "methods", lambda: (missing, *[m for m in every if m.name == MEMCPY]))
     seen: list[Measurement] = []
     result = run_bench(BenchSettings(sizes_bytes=(MIB,), repeats=1, methods=(missing.name, MEMCPY)), seen.append)
     assert [m.method for m in seen] == [missing.name, MEMCPY]  # progress reported as it goes
@@ -99,9 +102,9 @@ def test_unavailable_method_is_reported_and_the_others_still_run(monkeypatch):
 
 
 def test_bytes_that_differ_are_a_failure(monkeypatch):
-    lying = dataclasses.replace(next(m for m in xfer_bench.METHODS if m.name == SOCKET),
+    lying = dataclasses.replace(next(m for m in xfer_bench.methods() if m.name == SOCKET),
                                 source_class=f"{__name__}:WrongBytesSource")
-    monkeypatch.setattr(xfer_bench, "METHODS", (lying,))
+    monkeypatch.setattr(xfer_bench, "methods", lambda: (lying,))
     result = run_bench(BenchSettings(sizes_bytes=(MIB,), repeats=1, methods=(SOCKET,)))
     (measurement,) = result.measurements
     assert measurement.status == "failed" and "differ" in measurement.reason
@@ -149,3 +152,11 @@ def test_cli_writes_json_and_refuses_bad_options(tmp_path, capsys):
     assert printed == json.loads(out.read_text())
     assert {row["method"] for row in printed["results"]} == {SOCKET, MEMCPY}
     assert main(["bench", "transport", "--methods", "carrier-pigeon"]) == 2
+
+
+def test_methods_are_the_registered_transports_then_the_baselines():
+    assert method_names() == ("tcp-connector", "nixl-ucx", "nixl-ucx-tcp", SOCKET, MEMCPY)
+    from transport import registry
+
+    declared = {m.name for t in registry.all_transports() for m in t.bench_methods}
+    assert declared == set(method_names()) - {SOCKET, MEMCPY}

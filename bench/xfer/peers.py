@@ -1,6 +1,6 @@
 """Benchmark peers over TCP: our connector's block server and pull client, and a plain blocking socket.
 
-Each source holds a KV-shaped pattern buffer (`transport.xfer_buffers`) and serves it; each sink pulls
+Each source holds a KV-shaped pattern buffer (`bench.xfer.buffers`) and serves it; each sink pulls
 it `repeats` + 1 times into its own preallocated buffer (the first pull is a warm-up, not timed), then
 checks the bytes. A sink times each pull from its request to the last byte landing in its buffer; for our
 connector that is `PullResult.seconds`, from opening the connection to the last frame's CRC-32C checked
@@ -22,7 +22,7 @@ from transport.tcp.client import pull_blocks
 from transport.tcp.lease import LeaseTable
 from transport.tcp.server import BlockServer
 from transport.tcp.wire import PullRequest
-from transport.xfer_buffers import empty_buffer, holds_pattern, layer_arrays, layout_for, pattern_buffer
+from bench.xfer.buffers import empty_buffer, holds_pattern, layer_arrays, layout_for, pattern_buffer
 
 HOST = "127.0.0.1"
 LEASE_S = 600.0

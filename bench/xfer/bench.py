@@ -1,10 +1,12 @@
 """Transport micro-benchmark: how fast each way of moving KV bytes is on this host, size by size.
 
-Methods (`METHODS`): our TCP connector's data path, NIXL READ (UCX defaults, and UCX restricted to TCP),
-a plain blocking TCP socket, each between two processes on 127.0.0.1, and a memcpy inside one process.
-Each method runs its sizes in one pair of processes (`transport.xfer_pair`); per size one warm-up transfer,
-then `repeats` timed ones, whose median is the result. A method that cannot start (NIXL missing) or fails
-is reported with its reason; the rest still run. GB/s are 10**9 bytes per second; sizes are MiB.
+Methods (`methods()`): every registered transport's bench methods (`transport.base.BenchMethod`: our TCP
+connector's data path, NIXL READ with UCX's defaults and with UCX restricted to TCP, ...), each between two
+processes on 127.0.0.1, then the two baselines this benchmark owns: a plain blocking TCP socket (two
+processes) and a memcpy inside one process. Each method runs its sizes in one pair of processes
+(`bench.xfer.pair`); per size one warm-up transfer, then `repeats` timed ones, whose median is the result.
+A method that cannot start (NIXL missing) or fails is reported with its reason; the rest still run. GB/s
+are 10**9 bytes per second; sizes are MiB.
 """
 
 from __future__ import annotations
@@ -16,21 +18,25 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from transport import xfer_peers
-from transport.xfer_buffers import BLOCK_NBYTES, MIB, layout_for
-from transport.xfer_pair import PeerError, PeerGoneError, PeerPair, PeerUnavailableError
+from bench.xfer import peers
+from bench.xfer.buffers import MIB, layout_for
+from bench.xfer.pair import PeerError, PeerGoneError, PeerPair, PeerUnavailableError
+from transport import registry
+from transport.base import BenchMethod
 
 logger = logging.getLogger(__name__)
 
 GB = 10**9
 DEFAULT_SIZES_MB = (1, 16, 64, 256, 512)
-SOCKET, MEMCPY = "socket", "memcpy"
+SOCKET, MEMCPY = "socket", "memcpy"  # the baselines this benchmark owns
+TARGET_METHOD = "tcp-connector"  # the method the target line compares with the socket (`bench.xfer.table`)
 MAX_START_S = 120.0
 
 
 @dataclass(frozen=True)
 class Method:
-    """One way of moving the bytes: a source/sink peer pair ("module:Class"), or None for in-process."""
+    """One way of moving the bytes: a source/sink peer pair ("module:Class", see `bench.xfer.pair`) with extra
+    environment for both processes, or no classes for a method measured inside this process (memcpy)."""
 
     name: str
     description: str
@@ -38,29 +44,53 @@ class Method:
     sink_class: str | None = None
     env: dict[str, str] = field(default_factory=dict)
 
+    @classmethod
+    def of(cls, method: BenchMethod) -> Method:
+        """The benchmark's view of a transport's bench method."""
+        return cls(method.name, method.description, method.source_class, method.sink_class, dict(method.env))
 
-METHODS: tuple[Method, ...] = (
-    Method("tcp-connector", "our TCP KV connector: BlockServer -> pull_blocks, framed, CRC-32C, 2 processes",
-           "transport.xfer_peers:TcpConnectorSource", "transport.xfer_peers:TcpConnectorSink"),
-    Method("nixl-ucx", "NIXL READ of the KV blocks, UCX backend with its default transports, 2 processes",
-           "transport.xfer_nixl:NixlSource", "transport.xfer_nixl:NixlSink"),
-    Method("nixl-ucx-tcp", "NIXL READ of the KV blocks, UCX restricted to TCP (UCX_TLS=tcp), 2 processes",
-           "transport.xfer_nixl:NixlSource", "transport.xfer_nixl:NixlSink", {"UCX_TLS": "tcp"}),
+
+BASELINES: tuple[Method, ...] = (
     Method(SOCKET, "plain blocking TCP socket, sendall -> recv_into one buffer, 2 processes",
-           "transport.xfer_peers:SocketSource", "transport.xfer_peers:SocketSink"),
+           "bench.xfer.peers:SocketSource", "bench.xfer.peers:SocketSink"),
     Method(MEMCPY, "numpy.copyto between two buffers in one process"),
 )
-METHOD_NAMES = tuple(m.name for m in METHODS)
+
+
+def methods() -> tuple[Method, ...]:
+    """Every method, in the order they run and are reported: `TARGET_METHOD` first (the one the target line
+    is about), the other registered transports' bench methods in registry order, then the baselines.
+
+    Asked of `transport.registry` at each call, so a transport registered later is included. A method whose
+    name is already taken (by a baseline or an earlier transport) is left out with a warning.
+    """
+    found = {m.name: m for m in BASELINES}
+    from_transports: list[Method] = []
+    for transport in registry.all_transports():
+        for spec in transport.bench_methods:
+            if spec.name in found:
+                logger.warning("bench method %r of transport %r is a duplicate; left out", spec.name, transport.name)
+                continue
+            found[spec.name] = Method.of(spec)
+            from_transports.append(found[spec.name])
+    from_transports.sort(key=lambda m: m.name != TARGET_METHOD)  # stable: the rest keep registry order
+    return (*from_transports, *BASELINES)
+
+
+def method_names() -> tuple[str, ...]:
+    """The names of `methods()`, e.g. ("tcp-connector", "nixl-ucx", "nixl-ucx-tcp", "socket", "memcpy")."""
+    return tuple(m.name for m in methods())
 
 
 @dataclass(frozen=True)
 class BenchSettings:
-    """What to measure; validated when built."""
+    """What to measure: sizes in bytes (whole 64 KiB KV blocks), timed repeats per size, a time budget for
+    the whole run in seconds, and method names (default: all of `methods()`); ValueError when built wrong."""
 
     sizes_bytes: tuple[int, ...] = tuple(mb * MIB for mb in DEFAULT_SIZES_MB)
     repeats: int = 3
     max_duration_s: float = 900.0
-    methods: tuple[str, ...] = METHOD_NAMES
+    methods: tuple[str, ...] = field(default_factory=method_names)
 
     def __post_init__(self) -> None:
         if not self.sizes_bytes:
@@ -71,9 +101,10 @@ class BenchSettings:
             raise ValueError(f"repeats must be >= 1, not {self.repeats}")
         if not self.max_duration_s > 0:
             raise ValueError(f"max_duration_s must be > 0, not {self.max_duration_s}")
-        unknown = sorted(set(self.methods) - set(METHOD_NAMES))
+        known = method_names()
+        unknown = sorted(set(self.methods) - set(known))
         if unknown or not self.methods:
-            raise ValueError(f"unknown methods {unknown}; known: {', '.join(METHOD_NAMES)}")
+            raise ValueError(f"unknown methods {unknown}; known: {', '.join(known)}")
 
 
 @dataclass(frozen=True)
@@ -128,7 +159,7 @@ class BenchReport:
             "host": "127.0.0.1", "repeats": self.settings.repeats,
             "sizes_mib": [s / MIB for s in self.settings.sizes_bytes],
             "kv_layout": {f"{s / MIB:g}": layout_for(s).describe() for s in self.settings.sizes_bytes},
-            "methods": {m.name: m.description for m in METHODS if m.name in self.settings.methods},
+            "methods": {m.name: m.description for m in methods() if m.name in self.settings.methods},
             "elapsed_s": round(self.elapsed_s, 2), "results": rows,
         }
 
@@ -139,11 +170,12 @@ def _rounded(value: float | None) -> float | None:
 
 def run_bench(settings: BenchSettings,
               on_measurement: Callable[[Measurement], None] | None = None) -> BenchReport:
-    """Measure every selected method at every size, within `settings.max_duration_s` in all."""
+    """Measure every selected method at every size, within `settings.max_duration_s` in all, in the order of
+    `methods()`; `on_measurement` is called with each measurement as it is made (progress)."""
     started_s = time.monotonic()
     deadline_s = started_s + settings.max_duration_s
     report = BenchReport(settings)
-    for method in METHODS:
+    for method in methods():
         if method.name not in settings.methods:
             continue
         logger.info("transport bench: %s", method.name)
@@ -199,7 +231,7 @@ def _run_in_process(method: Method, settings: BenchSettings, deadline_s: float) 
             yield _not_run(method.name, size_bytes, "", settings)
             continue
         try:
-            reply = xfer_peers.memcpy_step(size_bytes, settings.repeats)
+            reply = peers.memcpy_step(size_bytes, settings.repeats)
         except (MemoryError, ValueError) as exc:
             yield Measurement(method.name, size_bytes, "failed", f"{type(exc).__name__}: {exc}")
             continue

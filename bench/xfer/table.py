@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from transport.xfer_bench import MEMCPY, SOCKET, BenchReport, Measurement
-from transport.xfer_buffers import MIB
+from bench.xfer.bench import MEMCPY, SOCKET, TARGET_METHOD, BenchReport, Measurement
+from bench.xfer.buffers import MIB
 
-TARGET_METHOD = "tcp-connector"
 TARGET_RATIO_TO_SOCKET = 0.9
 TARGET_MIN_SIZE_BYTES = 64 * MIB
 
