@@ -8,7 +8,6 @@ import logging
 import sys
 from pathlib import Path
 
-from core.host import detect_platform
 from decode_node.role import ROLE
 from node import launch, supervisor
 from node.settings import NodeSettings
