@@ -115,10 +115,10 @@ def resolve(settings: NodeSettings, role: NodeRole, platform: Platform, *,
         geometry = model_geometry(model_dir, dtype)
     except ValueError as exc:
         raise ConfigError(f"--dtype {dtype}: {exc}") from None
-    choice = registry.choose(settings.transport, LinkFacts(
-        peer_host=settings.kv_peer, peer_is_local=is_local_address(settings.kv_peer),
-        rdma_devices=platform.rdma_devices, cuda=platform.cuda))
-    link = _link(settings, role, platform)
+    facts = LinkFacts(peer_host=settings.kv_peer, peer_is_local=is_local_address(settings.kv_peer),
+                      rdma_devices=platform.rdma_devices, cuda=platform.cuda)
+    choice = registry.choose(settings.transport, facts)
+    link = _link(settings, role, platform, facts.peer_is_local)
     registry.get(choice.name).check(link)
     token = read_token(Path(settings.cluster_token_file) if settings.cluster_token_file else None,
                        os.environ if environ is None else environ)
@@ -131,7 +131,7 @@ def resolve(settings: NodeSettings, role: NodeRole, platform: Platform, *,
                       link=link, cluster_token=token)
 
 
-def _link(settings: NodeSettings, role: NodeRole, platform: Platform) -> KvLink:
+def _link(settings: NodeSettings, role: NodeRole, platform: Platform, peer_is_local: bool) -> KvLink:
     engine = settings.engine
     device = engine.kv_buffer_device
     if device == "auto":
@@ -141,7 +141,7 @@ def _link(settings: NodeSettings, role: NodeRole, platform: Platform) -> KvLink:
     return KvLink(role=role.name, kv_host=settings.kv_host, kv_port=settings.kv_port,
                   kv_bind_host=settings.kv_bind_host, kv_buffer_device=device, lease_s=engine.kv_lease_s,
                   transfer_timeout_s=engine.kv_transfer_timeout_s, link=settings.kv_link,
-                  net_device=settings.kv_net_device)
+                  net_device=settings.kv_net_device, peer_is_local=peer_is_local)
 
 
 def _cpu_cores(settings: NodeSettings, role: NodeRole, platform: Platform) -> str | None:

@@ -28,7 +28,8 @@ class KvLink:
     transport that binds separately listens on (None: `kv_host`); `kv_buffer_device` where KV is registered
     for the transfer ("cpu": a pinned host buffer; "cuda": GPU memory, needs GPUDirect RDMA); `lease_s` how
     long a prefill node keeps blocks nobody pulls; `transfer_timeout_s` how long one pull may take;
-    `link` and `net_device` the kind of link and its device (UCX's view: roce, ib, tcp, shm, auto).
+    `link` and `net_device` the kind of link and its device (UCX's view: roce, ib, tcp, shm, auto);
+    `peer_is_local` whether the peer node runs on this host.
     """
 
     role: Role
@@ -40,6 +41,7 @@ class KvLink:
     transfer_timeout_s: float = 30.0
     link: str = "auto"
     net_device: str = ""
+    peer_is_local: bool = False  # the peer node runs on this host (a transport may use shared memory)
 
 
 @dataclass(frozen=True)

@@ -174,6 +174,16 @@ def test_decode_pulls_whole_prompt_once(scheduler):
     assert scheduler.build_connector_meta().reqs_to_recv == {}
 
 
+def test_decode_continuing_from_the_first_token_loads_only_the_prefill_nodes_prompt(scheduler):
+    """The router sends prompt + the prefill node's first token (301 tokens); the prefill node computed 300:
+    300 load, and the first token's forward pass (the one that samples the second token) runs here."""
+    req = request("d-6", {**remote_params(), "remote_num_tokens": 300}, prompt_len=301)
+    assert scheduler.get_num_new_matched_tokens(req, 0) == (300, True)
+    assert scheduler.get_num_new_matched_tokens(req, 128) == (172, True)
+    same = request("d-7", {**remote_params(), "remote_num_tokens": 300}, prompt_len=300)
+    assert scheduler.get_num_new_matched_tokens(same, 0) == (300, True)  # the prompt as prefilled: all of it
+
+
 def test_decode_with_local_prefix_hit_pulls_the_tail(scheduler):
     req = request("d-2", remote_params())
     assert scheduler.get_num_new_matched_tokens(req, 128) == (172, True)

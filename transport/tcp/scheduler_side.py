@@ -32,11 +32,21 @@ class TcpConnectorScheduler:
         self._reqs_need_send: dict[str, list[int]] = {}
 
     def get_num_new_matched_tokens(self, request: Request, num_computed_tokens: int) -> tuple[int, bool]:
-        """Decode side: every prompt token not computed locally comes from the prefill node, asynchronously."""
+        """Decode side: every prompt token the prefill node computed and this node did not comes from the
+        prefill node, asynchronously.
+
+        The prefill node computed `remote_num_tokens` tokens (its prompt). When the router continues a request
+        from the prompt plus the prefill node's first token, this node's prompt is one token longer: that last
+        token's KV exists nowhere, so it is computed here, and that one forward pass samples the next token.
+        When the prompt is the prefill node's own, all of it loads and vLLM recomputes its last token to sample.
+        """
         params = request.kv_transfer_params
         if not params or not params.get("do_remote_prefill") or not _has_remote(params):
             return 0, False
-        count = len(request.prompt_token_ids or ()) - num_computed_tokens
+        prompt_tokens = len(request.prompt_token_ids or ())
+        remote_tokens = params.get("remote_num_tokens")
+        loadable = prompt_tokens if remote_tokens is None else min(prompt_tokens, int(remote_tokens))
+        count = loadable - num_computed_tokens
         return (count, True) if count > 0 else (0, False)
 
     def update_state_after_alloc(self, request: Request, blocks: KVCacheBlocks, num_external_tokens: int) -> None:
