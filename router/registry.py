@@ -2,7 +2,8 @@
 
 A node URL names either a disagg node supervisor (it answers `GET /info` with a `NodeInfo`) or a plain
 vLLM server started by hand (it does not; its own URL is then where requests go). A background task
-checks every node each `health_interval_s`; requests only go to healthy nodes, round robin.
+checks every node each `health_interval_s`; requests only go to healthy nodes, and among those each role's
+routing policy chooses (`router.policies`; round robin unless told otherwise).
 
 A node that refuses connections or answers with an error is down at once. A node that is merely slow
 to answer (busy with a long prefill on a small machine) is down only after `SLOW_CHECKS_TO_DOWN`
@@ -12,7 +13,6 @@ timed-out checks in a row: busy is not dead.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 from dataclasses import dataclass, field
 
@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from core.errors import NoNodeAvailable
 from core.messages import NodeInfo
+from router.policies import RoundRobin, RoutingPolicy, RoutingRequest
 
 log = logging.getLogger(__name__)
 SLOW_CHECKS_TO_DOWN = 3
@@ -55,19 +56,20 @@ class Node:
 @dataclass
 class NodeRegistry:
     nodes: list[Node]
-    _counters: dict[str, itertools.count] = field(default_factory=dict)
+    policies: dict[str, RoutingPolicy] = field(default_factory=lambda: {"prefill": RoundRobin(), "decode": RoundRobin()})
 
     @classmethod
-    def from_urls(cls, prefill_urls: tuple[str, ...], decode_urls: tuple[str, ...]) -> "NodeRegistry":
+    def from_urls(cls, prefill_urls: tuple[str, ...], decode_urls: tuple[str, ...],
+                  policies: dict[str, RoutingPolicy] | None = None) -> "NodeRegistry":
         nodes = [Node("prefill", u.rstrip("/")) for u in prefill_urls]
         nodes += [Node("decode", u.rstrip("/")) for u in decode_urls]
-        return cls(nodes)
+        return cls(nodes, policies) if policies is not None else cls(nodes)
 
-    def pick(self, role: str, exclude: frozenset[str] = frozenset()) -> Node:
-        """A healthy node of `role` whose URL is not in `exclude`, round robin; NoNodeAvailable if none."""
-        healthy = self.require(role, exclude)
-        counter = self._counters.setdefault(role, itertools.count())
-        return healthy[next(counter) % len(healthy)]
+    def pick(self, role: str, exclude: frozenset[str] = frozenset(),
+             request: RoutingRequest = RoutingRequest()) -> Node:
+        """A healthy node of `role` whose URL is not in `exclude`, as the role's policy chooses;
+        NoNodeAvailable if none."""
+        return self.policies[role].pick(self.require(role, exclude), request)
 
     def require(self, role: str, exclude: frozenset[str] = frozenset()) -> list[Node]:
         """The healthy nodes of `role` not in `exclude`; NoNodeAvailable naming each node and why not."""
