@@ -37,7 +37,7 @@ class NixlTransport(Transport):
 
     def fit_for_auto(self, facts: LinkFacts) -> Fit:
         if facts.peer_is_local:
-            return Fit(True, f"peer {facts.peer_host} is on this host (UCX shared memory only: idles at 0 % CPU)")
+            return Fit(True, f"peer {facts.peer_host} is on this host (UCX shared memory)")
         if facts.rdma_devices:
             return Fit(True, f"RDMA devices {', '.join(facts.rdma_devices)} (UCX RDMA)")
         return Fit(False, "no RDMA device and the peer is remote: UCX would carry KV over its TCP transport, "
@@ -50,24 +50,13 @@ class NixlTransport(Transport):
                               "a different --kv-bind-host needs the tcp transport")
 
     def kv_transfer_config(self, link: KvLink) -> dict[str, Any] | None:
+        extra = {"kv_lease_duration": max(1, round(link.lease_s)), "progress_thread": False}
         return {"kv_connector": "NixlConnector", "kv_connector_module_path": "transport.nixl.connector",
-                "kv_buffer_device": link.kv_buffer_device,
-                "kv_connector_extra_config": {"kv_lease_duration": max(1, round(link.lease_s))}}
+                "kv_buffer_device": link.kv_buffer_device, "kv_connector_extra_config": extra}
 
     def env(self, link: KvLink) -> dict[str, str]:
-        return {**ucx_env(self.ucx_link(link), link.kv_buffer_device, link.net_device),
+        return {**ucx_env(link.link, link.kv_buffer_device, link.net_device),
                 "VLLM_NIXL_SIDE_CHANNEL_HOST": link.kv_host, "VLLM_NIXL_SIDE_CHANNEL_PORT": str(link.kv_port)}
-
-    @staticmethod
-    def ucx_link(link: KvLink) -> str:
-        """The UCX link settings for `link`: as asked, except `auto` with the peer on this host is `shm`.
-
-        Measured on a 2-core CPU host (vLLM 0.32, NIXL 1.5.1, UCX 1.23): an idle vLLM server with NIXL's
-        defaults holds one core at 90-100 % in NIXL's UCX progress thread (`nixlUcxSharedThread` looping on
-        `ucp_worker_arm`) whenever UCX's tcp transport is enabled (UCX_TLS unset, `tcp,self`, `^cma`); with
-        shared memory only (`sm,self`) it uses 0 %. Two nodes on one host need nothing but shared memory.
-        """
-        return "shm" if link.link == "auto" and link.peer_is_local else link.link
 
     def doctor(self) -> dict[str, Any]:
         """NIXL's version, plugins and UCX backend, with UCX's own view as the `ucx` section, probed in a child
