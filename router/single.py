@@ -17,7 +17,9 @@ because a sibling part failed or the client left), the decode engine may never h
 nobody would pull the blocks before the lease ends: the router sends `protocol.release_request` to a decode
 node, which pulls them and so frees them. If the engine had seen it (and released the blocks on abort), that
 pull finds nothing and the decode node recomputes the one-token prompt instead (kv_load_failure_policy
-"recompute"): a cost on a failure path, never a leak (see README, "Request shapes in disagg mode").
+"recompute"): a cost on a failure path, never a leak. A part cancelled during its prefill lets the prefill
+answer for PREFILL_GRACE_S more (the engine may have finished it, and then holds its blocks) and releases
+them; a prefill still running after that is aborted (see README, "Request shapes in disagg mode").
 Local (`prefill=False`): the body goes to a decode node as it is (colocated mode, or a shape served whole).
 """
 
@@ -43,6 +45,7 @@ from router.upstream import NodeFailure, error_from_exception, open_stream, post
 
 log = logging.getLogger("router.requests")
 RELEASE_TIMEOUT_S = 30.0
+PREFILL_GRACE_S = 1.0  # how long a cancelled prefill may still answer, so that its blocks are released
 
 
 class SubStream:
@@ -100,7 +103,7 @@ class SinglePath:
         params = None
         if prefill:
             self.registry.require("decode")  # no prompt is prefilled for a decode node that is not there
-            params, fallback = await self.prefill.run(body, endpoint, timing, headers)
+            params, fallback = await self._prefill(body, endpoint, timing, headers)
             decode_body = body if params is None else protocol.decode_request(body, params)
         else:
             decode_body, fallback = body, None
@@ -110,6 +113,26 @@ class SinglePath:
             if params is not None:
                 self._release_later(body, endpoint, params, headers)
             raise
+
+    async def _prefill(self, body: dict[str, Any], endpoint: str, timing: RequestTiming,
+                       headers: dict[str, str]) -> tuple[dict[str, Any] | None, str | None]:
+        """router.prefill's (params, fallback reason). Cancelled meanwhile, the prefill gets PREFILL_GRACE_S more
+        to answer (its answer may be on the wire: vLLM then holds its blocks) and its KV is released."""
+        task = asyncio.ensure_future(self.prefill.run(body, endpoint, timing, headers))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            _in_background(self._release_when_prefilled(task, body, endpoint, headers))
+            raise
+
+    async def _release_when_prefilled(self, task: asyncio.Future, body: dict[str, Any], endpoint: str,
+                                      headers: dict[str, str]) -> None:
+        done, _ = await asyncio.wait({task}, timeout=PREFILL_GRACE_S)
+        if not done:
+            task.cancel()  # still computing: its connection closes, vLLM aborts it and frees its blocks
+            await asyncio.gather(task, return_exceptions=True)
+        elif not task.exception() and task.result()[0] is not None:
+            await self._release(body, endpoint, task.result()[0], headers)
 
     async def _on_decode_nodes(self, body: dict[str, Any], endpoint: str, timing: RequestTiming,
                                headers: dict[str, str], fallback: str | None, stream: bool) -> Any:
@@ -172,9 +195,13 @@ class SinglePath:
                        headers: dict[str, str]) -> None:
         """`_release` in a task of its own: the request's own cancellation (a sibling part failed, the client
         left) must not cut it."""
-        task = asyncio.get_running_loop().create_task(self._release(body, endpoint, params, headers))
-        _BACKGROUND.add(task)
-        task.add_done_callback(_BACKGROUND.discard)
+        _in_background(self._release(body, endpoint, params, headers))
 
 
 _BACKGROUND: set[asyncio.Task] = set()  # releases still running after their request was cancelled
+
+
+def _in_background(work: Any) -> None:
+    task = asyncio.get_running_loop().create_task(work)
+    _BACKGROUND.add(task)
+    task.add_done_callback(_BACKGROUND.discard)
