@@ -26,12 +26,23 @@ class Shape:
     modes: tuple[str, ...] = ("unary", "stream")
 
 
+PROMPTS = ["The capital of France is", "One, two, three,", "The sky is", "Water boils at"]
+SEEDED = {"temperature": 0.9, "seed": 1234}
+
+
 def corpus(model: str, token_ids: Any, long_prompt: str) -> list[Shape]:
     """Every shape; `token_ids(text)` tokenizes, `long_prompt` is over the model's context."""
-    p = ["The capital of France is", "One, two, three,", "The sky is", "Water boils at"]
-    c = {"model": model, "max_tokens": 6, "temperature": 0}
-    seeded = {"temperature": 0.9, "seed": 1234}
-    shapes = [Shape(f"c-{name}", "completions", {**c, "prompt": p[0], **extra}) for name, extra in {
+    c = {"model": model, "prompt": PROMPTS[0], "max_tokens": 6, "temperature": 0}
+    h = {"model": model, "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 6, "temperature": 0}
+    return ([Shape(f"c-{name}", "completions", {**c, **extra})
+             for name, extra in {**_completions(token_ids), **_bad_completions(long_prompt)}.items()]
+            + [Shape(f"h-{name}", "chat", {**h, **extra})
+               for name, extra in _chats(h["messages"], long_prompt).items()])
+
+
+def _completions(token_ids: Any) -> dict[str, dict[str, Any]]:
+    p, seeded = PROMPTS, SEEDED
+    return {
         "plain": {}, "list-1": {"prompt": p[:1]}, "list-2": {"prompt": p[:2]}, "list-4": {"prompt": p},
         "ids-1": {"prompt": token_ids(p[0])}, "ids-list-2": {"prompt": [token_ids(x) for x in p[:2]]},
         "ids-list-3": {"prompt": [token_ids(x) for x in p[1:]], "max_tokens": 4},
@@ -41,7 +52,8 @@ def corpus(model: str, token_ids: Any, long_prompt: str) -> list[Shape]:
         "n2-greedy": {"n": 2}, "ids2-n2-seed": {"prompt": [token_ids(x) for x in p[2:]], "n": 2, **seeded},
         "min-tokens": {"min_tokens": 4}, "min-eq-max": {"min_tokens": 6, "ignore_eos": True},
         "list2-min-tokens": {"prompt": p[:2], "min_tokens": 3},
-        "logprobs-2": {"logprobs": 2}, "logprobs-0": {"logprobs": 0}, "list2-logprobs": {"prompt": p[:2], "logprobs": 1},
+        "logprobs-2": {"logprobs": 2}, "logprobs-0": {"logprobs": 0},
+        "list2-logprobs": {"prompt": p[:2], "logprobs": 1},
         "echo": {"echo": True}, "list2-echo": {"prompt": p[:2], "echo": True},
         "echo-logprobs": {"echo": True, "logprobs": 1}, "prompt-logprobs": {"prompt_logprobs": 1},
         "nulls": {"n": None, "stream_options": None, "stop": None, "seed": None, "logprobs": None, "echo": None,
@@ -61,17 +73,26 @@ def corpus(model: str, token_ids: Any, long_prompt: str) -> list[Shape]:
                                                                   "continuous_usage_stats": True}},
         "echo-max0": {"echo": True, "max_tokens": 0},
         "beam-search": {"use_beam_search": True, "n": 2, "max_tokens": 4},
-        # refused, by the router's schema or by vLLM: the same 4xx from both
+    }
+
+
+def _bad_completions(long_prompt: str) -> dict[str, dict[str, Any]]:
+    """Refused, by the router's schema or by vLLM: the same 4xx from both routers."""
+    p = PROMPTS
+    return {
         "bad-min-gt-max": {"min_tokens": 8, "max_tokens": 4}, "bad-unknown-model": {"model": "no-such-model"},
         "bad-temperature": {"temperature": "hot"}, "bad-n0": {"n": 0}, "bad-max0": {"max_tokens": 0},
         "bad-long": {"prompt": long_prompt}, "bad-list-long": {"prompt": [p[0], long_prompt]},
         "bad-max-huge": {"max_tokens": 100_000}, "bad-empty-list": {"prompt": []},
         "bad-seed-2e63": {"seed": 2**63}, "bad-n-huge": {"n": 1000},
-    }.items()]
-    h = {"model": model, "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 6, "temperature": 0}
-    shapes += [Shape(f"h-{name}", "chat", {**h, **extra}) for name, extra in {
-        "plain": {}, "system": {"messages": [{"role": "system", "content": "Be brief."}, *h["messages"]]},
-        "developer": {"messages": [{"role": "developer", "content": "Be brief."}, *h["messages"]]},
+    }
+
+
+def _chats(messages: list[dict[str, Any]], long_prompt: str) -> dict[str, dict[str, Any]]:
+    seeded = SEEDED
+    return {
+        "plain": {}, "system": {"messages": [{"role": "system", "content": "Be brief."}, *messages]},
+        "developer": {"messages": [{"role": "developer", "content": "Be brief."}, *messages]},
         "parts": {"messages": [{"role": "user", "content": [{"type": "text", "text": "Say hi."}]}]},
         "n2-seed": {"n": 2, **seeded}, "n3-seed": {"n": 3, "temperature": 0.8, "seed": 9}, "n2-greedy": {"n": 2},
         "logprobs-top2": {"logprobs": True, "top_logprobs": 2}, "logprobs-false": {"logprobs": False},
@@ -88,14 +109,13 @@ def corpus(model: str, token_ids: Any, long_prompt: str) -> list[Shape]:
         "include-usage": {"stream_options": {"include_usage": True}},
         "n3-include-usage": {"n": 3, "stream_options": {"include_usage": True}, **seeded},
         "seed-int64": {"temperature": 0.5, "seed": -(2**62)}, "return-token-ids": {"return_token_ids": True},
-        "continue-final": {"messages": [*h["messages"], {"role": "assistant", "content": "Hi"}],
+        "continue-final": {"messages": [*messages, {"role": "assistant", "content": "Hi"}],
                            "add_generation_prompt": False, "continue_final_message": True},
         "bad-role": {"messages": [{"role": "wizard", "content": "hi"}]}, "bad-empty": {"messages": []},
         "bad-unknown-model": {"model": "no-such-model"}, "bad-top-logprobs-only": {"top_logprobs": 2},
         "bad-min-gt-max": {"min_tokens": 9}, "bad-long": {"messages": [{"role": "user", "content": long_prompt}]},
         "bad-content-int": {"messages": [{"role": "user", "content": 5}]},
-    }.items()]
-    return shapes
+    }
 
 
 @dataclass
@@ -191,7 +211,8 @@ def _logprob_tokens(logprobs: dict[str, Any] | None) -> list[tuple[str, float, i
 def differences(disagg: Answer, colocated: Answer) -> list[str]:
     """Why the disaggregated answer is not the colocated one (empty: equal)."""
     if disagg.status != colocated.status:
-        return [f"status {disagg.status} != {colocated.status}: {str(disagg.error)[:200]} / {str(colocated.error)[:200]}"]
+        return [f"status {disagg.status} != {colocated.status}: "
+                f"{str(disagg.error)[:200]} / {str(colocated.error)[:200]}"]
     diffs = [f"framing: {f}" for f in disagg.framing]
     if (disagg.error is None) != (colocated.error is None):
         diffs.append(f"error {disagg.error} != {colocated.error}")

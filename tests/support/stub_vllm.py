@@ -235,7 +235,8 @@ async def _stream(outputs: list[tuple[int, list[str]]], chat: bool, body: dict[s
             return
         for index, (_, tokens) in enumerate(outputs):
             if i < len(tokens):
-                delta = {"index": index, "delta": {"content": tokens[i]}} if chat else {"index": index, "text": tokens[i]}
+                delta = ({"index": index, "delta": {"content": tokens[i]}} if chat
+                         else {"index": index, "text": tokens[i]})
                 yield f"data: {json.dumps({'id': 'stub-1', 'model': 'stub-model', 'choices': [delta]})}\n\n"
         await asyncio.sleep(delay_s)
     if (body.get("stream_options") or {}).get("include_usage"):
