@@ -25,6 +25,11 @@ from tests.support.openai_schema import error_response_problems
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1500)]
 EXPIRED = "vllm:disagg_tcp_kv_expired_leases_total"
+# OpenAI's codes for what vLLM 0.32 says (core.errors.relayed_code) and for the router's own refusals
+EXPECTED_CODES = {"c-bad-long": "context_length_exceeded", "h-bad-long": "context_length_exceeded",
+                  "c-bad-list-long": "context_length_exceeded", "c-bad-unknown-model": "model_not_found",
+                  "h-bad-unknown-model": "model_not_found", "c-bad-max-huge": "invalid_value",
+                  "h-bad-role": "invalid_value", "c-bad-temperature": "invalid_type"}
 
 
 def test_every_request_shape_gets_the_colocated_answer_and_nothing_leaks(tcp_cluster):
@@ -41,6 +46,9 @@ def test_every_request_shape_gets_the_colocated_answer_and_nothing_leaks(tcp_clu
             results[f"{shape.name}/{mode}"] = {"status": disagg.status, "diffs": differences(disagg, colocated)}
             for who, answer in (("disagg", disagg), ("colocated", colocated)):
                 problems = error_response_problems(answer.error) if answer.error is not None else []
+                code = (answer.error or {}).get("error", {}).get("code")
+                if shape.name in EXPECTED_CODES and code != EXPECTED_CODES[shape.name]:
+                    problems.append(f"code {code!r}, not {EXPECTED_CODES[shape.name]!r}: {answer.error}")
                 bad_errors += [f"{shape.name}/{mode} {who}: {p}" for p in problems]
     elapsed_s = time.monotonic() - started_s
     equal = [name for name, r in results.items() if not r["diffs"]]
