@@ -5,7 +5,8 @@ A prefill stub answers a request carrying `kv_transfer_params.do_remote_decode` 
 "pull") and generates deterministic tokens. Prompts containing magic words make it fail on purpose:
 `FAIL500` (HTTP 500), `CUTSTREAM` (the stream ends without [DONE]), `NOKV` (prefill omits kv params),
 `HOLDPREFILL` / `HOLDDECODE` (the prefill / decode stub holds the request until its client goes away; not a
-one-token decode request, which is how the router releases a prefill's KV).
+one-token decode request, which is how the router releases a prefill's KV), `SLOWPREFILL` (the prefill stub
+answers after SLOW_S).
 
 Like vLLM 0.32 it serves a completions `prompt` that is a list of strings or of token-id lists as a batch
 and `n` choices per prompt (choice j seeded `seed + j`, choices indexed `prompt_i * n + j`, usage summed),
@@ -36,6 +37,7 @@ from starlette.requests import ClientDisconnect
 
 WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"]
 MAX_TOKENS = 512  # a stub answer is never longer, whatever max_tokens says
+SLOW_S = 0.3
 
 
 @dataclass
@@ -113,6 +115,8 @@ async def _guarded(state: StubState, request: Request, chat: bool) -> Any:
     try:
         release = state.role == "decode" and body.get("max_tokens") == 1
         magic_hold = f"HOLD{state.role.upper()}" in _prompt_text(body) and not release
+        if f"SLOW{state.role.upper()}" in _prompt_text(body):
+            await asyncio.sleep(SLOW_S)
         answer = (await _wait_while_held(state, request, magic_hold)) or await _handle(state, body, chat)
     except (TypeError, AttributeError, ValueError, KeyError) as exc:
         answer = JSONResponse({"error": {"message": f"invalid request: {exc}", "type": "BadRequestError",

@@ -162,3 +162,12 @@ def test_a_part_refused_by_the_decode_node_releases_the_prefilled_kv_of_every_pa
         assert wait_for(lambda: len(releases()) == 2), c.decodes[0].calls
         assert all(r["kv_transfer_params"]["do_remote_prefill"] and "min_tokens" not in r for r in releases())
         assert wait_for(lambda: c.decodes[0].active == 0) and c.metric("disagg_router_requests_in_flight") == 0
+
+
+def test_a_part_whose_prefill_answers_just_after_its_cancellation_still_has_its_kv_released():
+    with stub_cluster() as c:
+        body = _completion(prompt=["SLOWPREFILL please", "FAIL500 now"])
+        assert httpx.post(c.url + "/v1/completions", json=body, timeout=10).status_code == 502
+        assert wait_for(lambda: len(c.decodes[0].pulled) == 1), "the late prefill's KV was not released"
+        release = [call for call in c.decodes[0].calls if call.get("kv_transfer_params")]
+        assert len(release) == 1 and release[0]["max_tokens"] == 1 and "SLOWPREFILL" in release[0]["prompt"]
