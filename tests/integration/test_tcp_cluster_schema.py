@@ -1,7 +1,8 @@
 """Requests generated from the router's OpenAPI document (schemathesis, as in tests/unit/test_router_schema.py),
 sent to the session's tcp cluster: real vLLM nodes behind the router. No 5xx, every error in OpenAI's shape,
 and afterwards the cluster still serves and holds nothing. Generated lengths are capped (at most 4 tokens,
-also when the body names none or sets it to null, OpenAI's default; n <= 2) so a valid body costs well under a second on this CPU."""
+also when the body names none or sets it to null, OpenAI's default; n <= 2) so a valid body costs well
+under a second on this CPU."""
 
 from __future__ import annotations
 
