@@ -1,7 +1,11 @@
 """One closed error hierarchy, mapped to HTTP status and OpenAI error type in one place.
 
 Every failure the router can report is a `DisaggError` subclass. `to_openai()` renders the body in
-OpenAI's shape `{"error": {"message", "type", "param", "code"}}`; `http_status` is the status to send.
+OpenAI's published `ErrorResponse` shape `{"error": {"message", "type", "param", "code"}}` (router/schema:
+`message` and `type` strings, `param` and `code` a string or null); `http_status` is the status to send.
+`type` is one of OpenAI's (`invalid_request_error`, `requests`, `server_error`); `code` is a string naming
+the cause (OpenAI's own where one applies: `context_length_exceeded`, `model_not_found`, `invalid_value`,
+`invalid_api_key`, `rate_limit_exceeded`, ...) or null, never a number.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ class DisaggError(Exception):
     """Base of every error disagg reports to a client."""
 
     http_status = 500
-    error_type = "internal_error"
+    error_type = "server_error"
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
@@ -28,7 +32,7 @@ class DisaggError(Exception):
                 "message": self.message,
                 "type": self.error_type,
                 "param": self.param,
-                "code": self.code if self.code is not None else self.http_status,
+                "code": None if self.code is None else str(self.code),
             }
         }
 
@@ -58,10 +62,10 @@ class Unauthorized(DisaggError):
 
 
 class NotFound(DisaggError):
-    """Unknown model or route (404)."""
+    """Unknown model or route (404); OpenAI's type for it is `invalid_request_error`."""
 
     http_status = 404
-    error_type = "not_found_error"
+    error_type = "invalid_request_error"
 
 
 class PayloadTooLarge(DisaggError):
@@ -99,21 +103,21 @@ class UpstreamError(DisaggError):
     """A node answered with an error or broke the protocol (502)."""
 
     http_status = 502
-    error_type = "upstream_error"
+    error_type = "server_error"
 
 
 class NoNodeAvailable(DisaggError):
     """No node of a needed role is healthy (503)."""
 
     http_status = 503
-    error_type = "service_unavailable"
+    error_type = "server_error"
 
 
 class DeadlineExceeded(DisaggError):
     """The request ran past its deadline (504)."""
 
     http_status = 504
-    error_type = "timeout_error"
+    error_type = "server_error"
 
 
 class ClientDisconnected(DisaggError):
@@ -127,16 +131,37 @@ class ClientDisconnected(DisaggError):
 
 
 class ClientRelayedError(DisaggError):
-    """A 4xx from vLLM about the client's own request, passed through with vLLM's status and message."""
+    """A 4xx from vLLM about the client's own request, passed through with vLLM's status, message and param.
+
+    vLLM's own `type` (a class name such as "BadRequestError") and integer `code` are not OpenAI's: the
+    type becomes `invalid_request_error` (`rate_limit_error`... for a 429: `requests`) and the code is
+    classified from the status and message by `relayed_code`.
+    """
 
     error_type = "invalid_request_error"
 
-    def __init__(self, message: str, *, http_status: int, param: str | None = None,
-                 error_type: str | None = None) -> None:
-        super().__init__(message, param=param)
+    def __init__(self, message: str, *, http_status: int, param: str | None = None) -> None:
+        super().__init__(message, param=param, code=relayed_code(http_status, message, param))
         self.http_status = http_status
-        if error_type:
-            self.error_type = error_type
+        if http_status == 429:
+            self.error_type = "requests"
+
+
+def relayed_code(http_status: int, message: str, param: str | None) -> str | None:
+    """OpenAI's error code for a node's 4xx answer, from what vLLM 0.32 says (see its `create_error_response`
+    and renderers/params.py): `context_length_exceeded` for "This model's maximum context length is ..." and
+    "... exceeds model's maximum context length ...", `model_not_found` for "The model `x` does not exist.",
+    `invalid_value` for any other 400/422 naming a parameter; else null."""
+    lowered = message.lower()
+    if "maximum context length" in lowered:
+        return "context_length_exceeded"
+    if http_status == 404 and "does not exist" in lowered:
+        return "model_not_found"
+    if http_status == 429:
+        return "rate_limit_exceeded"
+    if http_status in (400, 422) and param:
+        return "invalid_value"
+    return None
 
 
 class ConfigError(Exception):

@@ -59,7 +59,20 @@ def create_app(config: RouterConfig) -> FastAPI:
     _add_error_handlers(app)
     app.include_router(_openai_routes())
     _add_ops_routes(app)
+    _openapi_from_openai_schemas(app)
     return app
+
+
+def _openapi_from_openai_schemas(app: FastAPI) -> None:
+    """The app's OpenAPI document carries OpenAI's request and error schemas (router.openapi)."""
+    generate = app.openapi
+
+    def document() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = openapi.add_components(generate())
+        return app.openapi_schema
+
+    app.openapi = document  # type: ignore[method-assign]
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -70,10 +83,10 @@ def _add_error_handlers(app: FastAPI) -> None:
         return JSONResponse(exc.to_openai(), status_code=exc.http_status, headers=exc.headers())
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        err = DisaggError(str(exc.detail), code=str(exc.status_code))
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        err = DisaggError(f"{exc.detail} ({request.method} {request.url.path[:200]})")  # OpenAI: code null
         err.http_status = exc.status_code
-        err.error_type = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        err.error_type = "invalid_request_error"
         return JSONResponse(err.to_openai(), status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(Exception)
@@ -88,11 +101,11 @@ def _openai_routes() -> APIRouter:
 
     @routes.post("/completions", openapi_extra=openapi.request_body("completion"))
     async def completions(request: Request) -> Any:
-        return await _serve(request, "completions", validation.validate_completion)
+        return await _serve(request, "completions")
 
     @routes.post("/chat/completions", openapi_extra=openapi.request_body("chat"))
     async def chat(request: Request) -> Any:
-        return await _serve(request, "chat", validation.validate_chat)
+        return await _serve(request, "chat")
 
     @routes.get("/models")
     async def models(request: Request) -> Any:
@@ -103,14 +116,14 @@ def _openai_routes() -> APIRouter:
     return routes
 
 
-async def _serve(request: Request, endpoint: str, validate: Any) -> Any:
+async def _serve(request: Request, endpoint: str) -> Any:
     """Admit, read and check the body, serve; every outcome is logged and counted exactly once."""
     state = request.app.state
     config: RouterConfig = state.config
     timing = RequestTiming(request_id=f"disagg-{uuid.uuid4().hex}", mode=config.mode, endpoint=endpoint)
     call = Call(timing, deadline_s=asyncio.get_running_loop().time() + config.request_timeout_s)
     try:
-        body = await _admit(request, call, validate)
+        body = await _admit(request, call, endpoint)
         return await until_done(request.receive, state.dispatcher.serve(body, endpoint, call), call.deadline_s)
     except DisaggError as exc:
         if not isinstance(exc, ClientDisconnected):
@@ -122,7 +135,7 @@ async def _serve(request: Request, endpoint: str, validate: Any) -> Any:
         await call.scope.aclose()  # empty if a stream took it over
 
 
-async def _admit(request: Request, call: Call, validate: Any) -> dict[str, Any]:
+async def _admit(request: Request, call: Call, endpoint: str) -> dict[str, Any]:
     """Take an in-flight slot (waiting in the queue if need be), then read and validate the body."""
     state = request.app.state
     try:
@@ -134,9 +147,7 @@ async def _admit(request: Request, call: Call, validate: Any) -> dict[str, Any]:
     except TimeoutError:
         raise DeadlineExceeded("the request waited past its deadline for a slot or for its body",
                                code="request_timeout") from None
-    body = validation.parse_body(raw)
-    validate(body)
-    return body
+    return validation.validate_request(endpoint, validation.parse_body(raw))
 
 
 def _add_ops_routes(app: FastAPI) -> None:

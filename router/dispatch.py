@@ -1,8 +1,12 @@
-"""Serving one admitted, validated request: colocated (one node) or disaggregated (prefill → decode).
+"""Serving one admitted, validated client request: choose how it is carried, serve it, answer in HTTP.
 
-The decode node's answer is relayed as it comes: JSON for a unary request, SSE for a streamed one (see
-`router.relay`). In disagg mode the decode side is checked first, so no prompt is prefilled for a
-decode node that is not there; the prefill step itself retries and falls back (see `router.prefill`).
+- Colocated mode: the request goes as it came to one node, which handles batches and `n` itself.
+- Disagg mode: `router.merge.split` turns it into single P/D requests (one, unless it has several prompts
+  or `n` > 1), `router.fanout` runs them over `router.single.SinglePath` and merges their answers. A shape
+  vLLM's P/D protocol cannot carry at all (beam search, which makes its own requests inside vLLM) is
+  served whole by a decode node, as colocated (LOCAL_REASONS).
+
+The answer is JSON for a unary request, SSE for a streamed one (`router.relay`).
 """
 
 from __future__ import annotations
@@ -16,17 +20,17 @@ from typing import Any
 import httpx
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from core.errors import NoNodeAvailable
 from core.messages import RequestTiming
-from router import protocol
+from router import fanout
 from router.config import RouterConfig
+from router.merge import Part, Split, split
 from router.metrics import RouterMetrics
-from router.prefill import PrefillStep
-from router.registry import Node, NodeRegistry
+from router.registry import NodeRegistry
 from router.relay import StreamRelay, note_usage
-from router.upstream import NodeFailure, open_stream, post_json
+from router.single import SinglePath, SubStream
 
 log = logging.getLogger("router.requests")
+LOCAL_REASONS = {"use_beam_search": "beam search runs its own requests inside vLLM"}
 
 
 @dataclass
@@ -35,77 +39,58 @@ class Call:
 
     timing: RequestTiming
     deadline_s: float  # event-loop time by which its last byte must be out
-    scope: AsyncExitStack = field(default_factory=AsyncExitStack)  # its slot, its upstream stream
+    scope: AsyncExitStack = field(default_factory=AsyncExitStack)  # its slot, its upstream streams
 
     @property
     def headers(self) -> dict[str, str]:
         return {"X-Request-Id": self.timing.request_id}
 
 
+@dataclass
+class _BoundSingle:
+    """SinglePath for one client request (fanout.Single): its timing, headers and mode."""
+
+    path: SinglePath
+    endpoint: str
+    call: Call
+    prefill: bool
+
+    async def unary(self, body: dict[str, Any]) -> dict[str, Any]:
+        return await self.path.unary(body, self.endpoint, self.call.timing, self.call.headers, self.prefill)
+
+    async def open_stream(self, body: dict[str, Any]) -> SubStream:
+        return await self.path.open_stream(body, self.endpoint, self.call.timing, self.call.headers, self.prefill)
+
+
 class Dispatcher:
     def __init__(self, config: RouterConfig, registry: NodeRegistry, client: httpx.AsyncClient,
                  metrics: RouterMetrics) -> None:
         self.config, self.registry, self.client, self.metrics = config, registry, client, metrics
-        self.prefill = PrefillStep(config, registry, client, metrics)
+        self.single = SinglePath(config, registry, client, metrics)
 
     async def serve(self, body: dict[str, Any], endpoint: str, call: Call) -> Any:
-        timing, fallback = call.timing, None
-        if self.config.mode == "disagg":
-            self.registry.require("decode")
-            body, fallback = await self.prefill.run(body, endpoint, timing, call.headers)
-        tried: set[str] = set()
-        while True:
-            node = self._pick_decode(frozenset(tried), fallback)
-            tried.add(node.url)
-            try:
-                return await self._on_decode(node, body, endpoint, call, fallback)
-            except NodeFailure as exc:  # nothing reached the client yet: another decode node may serve it
-                if not self.registry.has_healthy("decode", frozenset(tried)):
-                    raise
-                self.metrics.retries.labels(exc.code or exc.error_type).inc()
-                log.warning("request %s: decode on %s failed before any output (%s); retrying on another "
-                            "decode node", timing.request_id, node.url, exc.message)
-
-    def _pick_decode(self, exclude: frozenset[str], fallback: str | None) -> Node:
-        try:
-            return self.registry.pick("decode", exclude)
-        except NoNodeAvailable as exc:
-            exc.message += f"; prefill: {fallback}" if fallback else ""
-            raise
-
-    async def _on_decode(self, node: Node, body: dict[str, Any], endpoint: str, call: Call,
-                         fallback: str | None) -> Any:
-        timing = call.timing
-        if timing.prompt_tokens is not None and node.info is not None and fallback is None:
-            timing.kv_bytes = timing.prompt_tokens * node.info.kv_bytes_per_token
-        url = node.vllm_url + protocol.PATHS[endpoint]
+        local = self.config.mode == "colocated" or self._local_reason(body, call) is not None
+        plan = Split([Part(0, 0, body)], 1) if local else split(body, endpoint)
+        single = _BoundSingle(self.single, endpoint, call, prefill=not local)
         if body.get("stream"):
-            return await self._stream(node, url, body, call)
-        return await self._unary(node, url, body, call)
-
-    async def _unary(self, node: Node, url: str, body: dict[str, Any], call: Call) -> JSONResponse:
-        started_s = time.monotonic()
-        try:
-            data = await post_json(self.client, "decode", url, body, call.headers)
-        except NodeFailure as exc:
-            if exc.node_down:
-                self.registry.mark_failed(node, exc.message)
-            raise
-        call.timing.decode_s = time.monotonic() - started_s
+            return await self._stream(single, plan, call)
+        data = await fanout.unary(single, plan)
         note_usage(data, call.timing)
         self.finish(call.timing, "ok")
         return JSONResponse(data, headers=_response_headers(call.timing))
 
-    async def _stream(self, node: Node, url: str, body: dict[str, Any], call: Call) -> StreamingResponse:
-        """Open the decode node's stream; from here the relay owns the request's scope (slot included)."""
-        try:  # on failure the slot stays in the call's scope, for a retry or for `_serve` to release
-            resp = await call.scope.enter_async_context(open_stream(self.client, "decode", url, body, call.headers))
-        except NodeFailure as exc:
-            if exc.node_down:
-                self.registry.mark_failed(node, exc.message)
-            raise
+    def _local_reason(self, body: dict[str, Any], call: Call) -> str | None:
+        for key, reason in LOCAL_REASONS.items():
+            if body.get(key):
+                log.info("request %s: served whole by a decode node: %s", call.timing.request_id, reason)
+                return reason
+        return None
+
+    async def _stream(self, single: _BoundSingle, plan: Split, call: Call) -> StreamingResponse:
+        """Open every part's stream; from here the relay owns the request's scope (slot included)."""
+        chunks = await fanout.open_stream(single, plan)
         scope = call.scope.pop_all()
-        relay = StreamRelay(resp, scope, call.timing, call.deadline_s, self.metrics, self.finish)
+        relay = StreamRelay(chunks, scope, call.timing, call.deadline_s, self.metrics, self.finish)
         return relay.response(_response_headers(call.timing))
 
     def finish(self, timing: RequestTiming, status: str) -> None:

@@ -1,60 +1,48 @@
-"""The request bodies of the router's OpenAI routes, as JSON Schema for its OpenAPI document.
+"""The router's OpenAPI document, built from the same OpenAI schemas its validation uses (router.schema).
 
-The routes read and check their bodies themselves (`router.body`, `router.validation`), so that every
-bad body gets OpenAI's error shape; these schemas only document the fields the router itself looks at.
-Every other OpenAI / vLLM sampling field is passed through to vLLM, which checks it.
+The routes read and check their bodies themselves (`router.body`, `router.validation`), so that every bad
+body gets OpenAI's error shape; the document says what they accept: OpenAI's `CreateCompletionRequest` and
+`CreateChatCompletionRequest` (fields OpenAI does not define pass through to vLLM), and OpenAI's
+`ErrorResponse` for every error status.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-_COMMON: dict[str, Any] = {
-    "model": {"type": "string", "minLength": 1},
-    "max_tokens": {"type": "integer", "minimum": 1, "maximum": 2**31 - 1},
-    "max_completion_tokens": {"type": "integer", "minimum": 1, "maximum": 2**31 - 1},
-    "n": {"type": "integer", "enum": [1]},
-    "stream": {"type": "boolean"},
-    "stream_options": {"type": "object", "properties": {"include_usage": {"type": "boolean"}}},
-    "temperature": {"type": "number", "minimum": 0, "maximum": 2},
-    "top_p": {"type": "number", "minimum": 0, "maximum": 1},
-    "seed": {"type": "integer"},
-    "stop": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
-}
+from router import schema
 
-_PROMPT: dict[str, Any] = {"oneOf": [
-    {"type": "string", "minLength": 1},
-    {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1}},
-    {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0}},
-]}
+REF_PREFIX = "#/components/schemas/"
+BODIES = {"completion": "CreateCompletionRequest", "chat": "CreateChatCompletionRequest"}
 
-_MESSAGE: dict[str, Any] = {
-    "type": "object",
-    "required": ["role"],
-    "properties": {
-        "role": {"type": "string", "enum": ["system", "user", "assistant"]},
-        "content": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}]},
-    },
-}
 
-SCHEMAS: dict[str, dict[str, Any]] = {
-    "completion": {"type": "object", "required": ["model", "prompt"],
-                   "properties": {**_COMMON, "prompt": _PROMPT}},
-    "chat": {"type": "object", "required": ["model", "messages"],
-             "properties": {**_COMMON, "messages": {"type": "array", "minItems": 1, "items": _MESSAGE}}},
-}
+def component_schemas() -> dict[str, Any]:
+    """OpenAI's definitions, as OpenAPI `components.schemas` (their `$ref`s pointing there)."""
+    return {name: _rebased(node) for name, node in schema.document()["$defs"].items()}
 
-_ERROR_RESPONSE: dict[str, Any] = {"content": {"application/json": {"schema": {
-    "type": "object", "required": ["error"],
-    "properties": {"error": {"type": "object", "required": ["message", "type", "param", "code"]}},
-}}}}
+
+def _rebased(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {key: (REF_PREFIX + value.rsplit("/", 1)[1] if key == "$ref" else _rebased(value))
+                for key, value in node.items()}
+    if isinstance(node, list):
+        return [_rebased(item) for item in node]
+    return node
 
 
 def request_body(name: str) -> dict[str, Any]:
-    """`openapi_extra` for a route whose JSON body follows SCHEMAS[name]."""
-    errors = {str(status): {**_ERROR_RESPONSE, "description": why} for status, why in (
+    """`openapi_extra` for a route whose JSON body is OpenAI's BODIES[name]."""
+    error = {"content": {"application/json": {"schema": {"$ref": REF_PREFIX + "ErrorResponse"}}}}
+    errors = {str(status): {**error, "description": why} for status, why in (
         (400, "invalid request"), (401, "missing or wrong API key"), (404, "unknown model"),
         (413, "body over --max-body-bytes"), (415, "body not JSON"), (429, "queue full (see Retry-After)"),
         (502, "a node failed"), (503, "no node can serve"), (504, "past --request-timeout-s"))}
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": SCHEMAS[name]}}},
+    return {"requestBody": {"required": True, "content": {"application/json": {
+                "schema": {"$ref": REF_PREFIX + BODIES[name]}}}},
             "responses": errors}
+
+
+def add_components(document: dict[str, Any]) -> dict[str, Any]:
+    """The FastAPI-generated document with OpenAI's schemas added to its components."""
+    document.setdefault("components", {}).setdefault("schemas", {}).update(component_schemas())
+    return document

@@ -34,15 +34,16 @@ class PrefillStep:
         self.config, self.registry, self.client, self.metrics = config, registry, client, metrics
 
     async def run(self, body: dict[str, Any], endpoint: str, timing: RequestTiming,
-                  headers: dict[str, str]) -> tuple[dict[str, Any], str | None]:
-        """(the decode node's body, None) after a prefill; (the client's body, reason) on fallback."""
+                  headers: dict[str, str]) -> tuple[dict[str, Any] | None, str | None]:
+        """(the decode side's `kv_transfer_params`, None) after a prefill; (None, reason) on fallback, when
+        the decode node gets the request as it came and prefills it itself."""
         tried: set[str] = set()
         last: UpstreamError | None = None
         while True:
             try:
                 node = self.registry.pick("prefill", frozenset(tried))
             except NoNodeAvailable as exc:
-                return self._fall_back(body, timing, last, exc)
+                return None, self._fall_back(timing, last, exc)
             tried.add(node.url)
             if last is not None:
                 self.metrics.retries.labels(last.code or last.error_type).inc()
@@ -63,17 +64,16 @@ class PrefillStep:
                 self.registry.mark_failed(node, exc.message)
             raise
         params = protocol.kv_transfer_params(data)
-        timing.prefill_s = time.monotonic() - started_s
+        timing.prefill_s = max(timing.prefill_s or 0.0, time.monotonic() - started_s)  # the slowest part's
         timing.prompt_tokens = protocol.prompt_tokens(data)
-        return protocol.decode_request(body, params)
+        return params
 
-    def _fall_back(self, body: dict[str, Any], timing: RequestTiming, last: UpstreamError | None,
-                   none_left: NoNodeAvailable) -> tuple[dict[str, Any], str]:
-        """(the client's body, why) for the decode node to serve alone; raises when fallback is off."""
+    def _fall_back(self, timing: RequestTiming, last: UpstreamError | None, none_left: NoNodeAvailable) -> str:
+        """Why the decode node serves the request alone; raises when fallback is off."""
         if not self.config.colocated_fallback:
             raise last or none_left
         reason = (last.code if last else none_left.code) or "unknown"
         self.metrics.fallbacks.labels(reason).inc()
         log.warning("request %s: no prefill node could serve (%s); the decode node prefills it (colocated "
                     "fallback)", timing.request_id, last.message if last else none_left.message)
-        return body, reason
+        return reason

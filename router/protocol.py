@@ -1,7 +1,8 @@
 """vLLM's prefill → decode protocol (DESIGN §2), as pure functions over request and response bodies.
 
 1. The prefill node gets the client's request with `max_tokens=1`, `stream=false` and
-   `kv_transfer_params={"do_remote_decode": true, ...}`.
+   `kv_transfer_params={"do_remote_decode": true, ...}`; every parameter that conflicts with one token or
+   with a unary answer is dropped there (PREFILL_DROPPED) and reaches the decode node unchanged.
 2. Its response carries `kv_transfer_params` (remote block ids, engine id, host, port).
 3. The decode node gets the original request plus those `kv_transfer_params`; its connector pulls the
    blocks and it decodes.
@@ -26,15 +27,34 @@ PREFILL_KV_PARAMS: dict[str, Any] = {
 }
 
 
+# What vLLM 0.32 refuses next to max_tokens=1 / stream=false, or what makes it produce more than one
+# sequence (SamplingParams._verify_args, the OpenAI protocol models' validators): `min_tokens` (must be <=
+# max_tokens), `stream_options` (only with stream=true), `n`/`best_of` (one sequence: the split gives each
+# choice its own P/D request). Everything else (logprobs, stop, structured outputs, ...) is valid with one
+# token and goes to both legs.
+PREFILL_DROPPED = ("min_tokens", "stream_options", "n", "best_of")
+
+
 def prefill_request(body: dict[str, Any]) -> dict[str, Any]:
-    """The body sent to the prefill node: one token, not streamed, asking to keep the KV for decode."""
-    req = copy.deepcopy(body)
+    """The body sent to the prefill node: one token, not streamed, asking to keep the KV for decode.
+
+    `max_tokens` (and `max_completion_tokens`, which vLLM's chat prefers) become 1; PREFILL_DROPPED go.
+    """
+    req = {key: value for key, value in body.items() if key not in PREFILL_DROPPED}
+    req = copy.deepcopy(req)
     req["max_tokens"] = 1
     if "max_completion_tokens" in req:
         req["max_completion_tokens"] = 1
     req["stream"] = False
-    req.pop("stream_options", None)
     req["kv_transfer_params"] = dict(PREFILL_KV_PARAMS)
+    return req
+
+
+def release_request(body: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """A body that makes a decode node pull, and so free, the blocks a prefill kept for `body`'s request:
+    the prefill's own body (which that vLLM just accepted) with the decode-side `kv_transfer_params`."""
+    req = prefill_request(body)
+    req["kv_transfer_params"] = params
     return req
 
 

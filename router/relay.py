@@ -1,9 +1,11 @@
-"""Relaying a decode node's SSE stream to the client, line by line, until `[DONE]`.
+"""Writing a streamed answer to the client as SSE: one `data:` event per chunk, then exactly one `[DONE]`.
 
-A failure after streaming began (the node's connection breaks, it closes before `[DONE]`, the request
-runs past its deadline) becomes an SSE `error` event in OpenAI's shape followed by `data: [DONE]`, never
-a silent cut. If the client goes away, the generator is cancelled or closed: its `finally` closes the
-upstream stream (vLLM aborts a request whose client disconnects) and releases the request's slot.
+The chunks are parsed dicts (router.fanout's merged stream of the decode nodes' chunks). A failure after
+streaming began (a node's connection breaks, it closes before `[DONE]`, sends an in-band error, or the
+request runs past its deadline) becomes an SSE `error` event in OpenAI's shape followed by `data: [DONE]`,
+never a silent cut. If the client goes away, the generator is cancelled or closed: its `finally` closes
+the chunk stream (and so every upstream stream: vLLM aborts a request whose client disconnects) and
+releases the request's slot.
 """
 
 from __future__ import annotations
@@ -13,14 +15,14 @@ import json
 import logging
 import time
 from contextlib import AsyncExitStack
-from typing import AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable
 
 import anyio
 import httpx
 from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from core.errors import DeadlineExceeded, DisaggError, UpstreamError
+from core.errors import DeadlineExceeded, DisaggError
 from core.messages import RequestTiming
 from router.metrics import RouterMetrics
 from router.upstream import error_from_exception
@@ -32,9 +34,9 @@ DONE = b"data: [DONE]\n\n"
 class StreamRelay:
     """One streamed answer: `lines()` is the body of the client's StreamingResponse."""
 
-    def __init__(self, resp: httpx.Response, scope: AsyncExitStack, timing: RequestTiming, deadline_s: float,
-                 metrics: RouterMetrics, finish: Callable[[RequestTiming, str], None]) -> None:
-        self.resp, self.scope, self.timing, self.deadline_s = resp, scope, timing, deadline_s
+    def __init__(self, chunks: AsyncIterator[dict[str, Any]], scope: AsyncExitStack, timing: RequestTiming,
+                 deadline_s: float, metrics: RouterMetrics, finish: Callable[[RequestTiming, str], None]) -> None:
+        self.chunks, self.scope, self.timing, self.deadline_s = chunks, scope, timing, deadline_s
         self.metrics, self.finish = metrics, finish
         self.started_s = time.monotonic()
         self._last_chunk_s: float | None = None
@@ -47,16 +49,12 @@ class StreamRelay:
     async def lines(self) -> AsyncIterator[bytes]:
         status = "client_disconnected"  # what it stays if the client goes away mid-stream
         try:
-            done = False
-            upstream = self.resp.aiter_lines()
-            while (line := await self._next_line(upstream)) is not None:
-                done = self._observe(line) or done
-                if done:  # complete, even if the client leaves right after reading [DONE]
-                    self._completed_status = "stream_error" if self.timing.status == "error" else "ok"
-                yield (line + "\n").encode()
-            if not done:
-                raise UpstreamError("decode node closed the stream before [DONE]", code="decode_stream_cut")
-            status = "stream_error" if self.timing.status == "error" else "ok"
+            while (chunk := await self._next_chunk()) is not None:
+                self._observe(chunk)
+                yield b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+            self._completed_status = "ok"  # complete, even if the client leaves right after reading [DONE]
+            yield DONE
+            status = "ok"
         except (httpx.HTTPError, DisaggError) as exc:
             err = exc if isinstance(exc, DisaggError) else error_from_exception("decode", exc)
             status = "stream_error"
@@ -68,7 +66,7 @@ class StreamRelay:
             await self.close(status)
 
     async def close(self, status: str) -> None:
-        """Close the upstream stream, release the slot, count the outcome; only the first call counts."""
+        """Close the chunk stream and upstream, release the slot, count the outcome; only the first call counts."""
         if self._closed:
             return
         self._closed = True
@@ -76,40 +74,29 @@ class StreamRelay:
             status = self._completed_status
         self.timing.decode_s = time.monotonic() - self.started_s
         with anyio.CancelScope(shield=True):  # close upstream even while being cancelled
+            aclose = getattr(self.chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
             await self.scope.aclose()
         self.finish(self.timing, status)
 
-    async def _next_line(self, upstream: AsyncIterator[str]) -> str | None:
+    async def _next_chunk(self) -> dict[str, Any] | None:
         try:
             async with asyncio.timeout_at(self.deadline_s):
-                return await anext(upstream, None)
+                return await anext(self.chunks, None)
         except TimeoutError:
             raise DeadlineExceeded("the request ran past its deadline while streaming",
                                    code="request_timeout") from None
 
-    def _observe(self, line: str) -> bool:
-        """Note first token, inter-token gaps, usage and in-band errors from one SSE line; True at `[DONE]`."""
-        if not line.startswith("data:"):
-            return False
-        payload = line[5:].strip()
-        if payload == "[DONE]":
-            return True
+    def _observe(self, chunk: dict[str, Any]) -> None:
+        """Note first token, inter-token gaps and usage from one chunk."""
         now_s = time.monotonic()
         if self.timing.decode_ttft_s is None:
             self.timing.decode_ttft_s = now_s - self.started_s
         if self._last_chunk_s is not None:
             self.metrics.inter_token_s.labels(self.timing.mode).observe(now_s - self._last_chunk_s)
         self._last_chunk_s = now_s
-        if '"usage"' in payload or '"error"' in payload:
-            try:
-                chunk = json.loads(payload)
-            except json.JSONDecodeError:
-                return False
-            if isinstance(chunk, dict):
-                note_usage(chunk, self.timing)
-                if chunk.get("error"):
-                    self.timing.status = "error"
-        return False
+        note_usage(chunk, self.timing)
 
 
 class _RelayResponse(StreamingResponse):

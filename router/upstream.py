@@ -1,6 +1,7 @@
 """Calls from the router to a node's vLLM server, with every failure turned into a `DisaggError`.
 
-A 4xx from vLLM is about the client's request: it is relayed with vLLM's status and message. A 5xx,
+A 4xx from vLLM is about the client's request: it is relayed with vLLM's status, message and param, its
+type and code mapped to OpenAI's (`core.errors.ClientRelayedError`). A 5xx,
 a 401/403 (the node refused the router's cluster token), a refused connection or a broken stream is the
 node's fault: 502, and the node is reported failed.
 """
@@ -39,13 +40,13 @@ class NodeFailure(UpstreamError):
 
 def error_from_response(role: str, status: int, content: bytes) -> DisaggError:
     """Map a vLLM error response to our hierarchy, keeping vLLM's message."""
-    message, err_type, param = _vllm_error_fields(content)
+    message, param = _vllm_error_fields(content)
     if status in (401, 403):  # the node refused the router itself (cluster token), not the client's request
         return NodeFailure(f"{role} node refused the router's cluster token (HTTP {status}): {message or ''}",
                            code=f"{role}_unauthorized")
     if 400 <= status < 500:
         return ClientRelayedError(message or f"{role} node rejected the request ({status})",
-                                  http_status=status, param=param, error_type=err_type)
+                                  http_status=status, param=param)
     return NodeFailure(f"{role} node failed with HTTP {status}: {message or 'no message'}",
                        code=f"{role}_http_{status}", node_down=False)
 
@@ -116,16 +117,17 @@ async def open_stream(client: httpx.AsyncClient, role: str, url: str, body: dict
         await resp.aclose()
 
 
-def _vllm_error_fields(content: bytes) -> tuple[str | None, str | None, str | None]:
-    """(message, type, param) from vLLM's error body, in OpenAI's shape or vLLM's older flat one."""
+def _vllm_error_fields(content: bytes) -> tuple[str | None, str | None]:
+    """(message, param) from vLLM's error body, in OpenAI's shape or vLLM's older flat one."""
     try:
         data = json.loads(content)
     except (json.JSONDecodeError, UnicodeDecodeError):
         text = content.decode("utf-8", "replace").strip()
-        return (text[:500] or None), None, None
+        return (text[:500] or None), None
     if isinstance(data, dict) and isinstance(data.get("error"), dict):
         data = data["error"]
     if not isinstance(data, dict):
-        return None, None, None
+        return None, None
     message = data.get("message") or data.get("detail")
-    return (str(message) if message else None), data.get("type"), data.get("param")
+    param = data.get("param")
+    return (str(message) if message else None), (param if isinstance(param, str) and param else None)

@@ -10,6 +10,8 @@ from typing import Any, Iterator
 
 import httpx
 
+from tests.support.openai_schema import error_response_problems
+
 JSON = {"content-type": "application/json"}
 FIELDS = ["model", "prompt", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "n",
           "stream", "stream_options", "stop", "seed", "logprobs", "top_logprobs", "presence_penalty",
@@ -51,9 +53,16 @@ def hostile_requests(rng: random.Random, model: str) -> Iterator[tuple[str, byte
 
 
 def check_answer(resp: httpx.Response, what: str) -> None:
+    """No 5xx; an error body is OpenAI's published ErrorResponse (code a string or null) with a message."""
     assert resp.status_code < 500, f"{what}: {resp.status_code} {resp.text[:300]}"
     if resp.status_code >= 400:
-        err = resp.json()["error"]
-        assert set(err) == {"message", "type", "param", "code"} and err["message"], what
+        check_error_body(resp.json(), what)
+
+
+def check_error_body(body: Any, what: str) -> None:
+    assert not error_response_problems(body), (what, error_response_problems(body), body)
+    err = body["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["message"], what
+    assert err["code"] is None or isinstance(err["code"], str), what
 
 

@@ -3,7 +3,19 @@
 A prefill stub answers a request carrying `kv_transfer_params.do_remote_decode` with one token and
 `kv_transfer_params` naming its blocks. A decode stub checks that it got those params (recording the
 "pull") and generates deterministic tokens. Prompts containing magic words make it fail on purpose:
-`FAIL500` (HTTP 500), `CUTSTREAM` (the stream ends without [DONE]), `NOKV` (prefill omits kv params).
+`FAIL500` (HTTP 500), `CUTSTREAM` (the stream ends without [DONE]), `NOKV` (prefill omits kv params),
+`HOLDPREFILL` / `HOLDDECODE` (the prefill / decode stub holds the request until its client goes away; not a
+one-token decode request, which is how the router releases a prefill's KV), `SLOWPREFILL` (the prefill stub
+answers after SLOW_S).
+
+Like vLLM 0.32 it serves a completions `prompt` that is a list of strings or of token-id lists as a batch
+and `n` choices per prompt (choice j seeded `seed + j`, choices indexed `prompt_i * n + j`, usage summed),
+and a prefill stub returns only the FIRST prompt's `kv_transfer_params` for a batch
+(`final_res_batch[0]`). A decode stub given `kv_transfer_params` generates every prompt's tokens from the
+pulled prompt (as vLLM would decode from the first prompt's KV), so a batch sent through P/D as is answers
+wrong text. It refuses what vLLM refuses that matters to the P/D split: `min_tokens` > `max_tokens`,
+`max_tokens` < 1 (without `echo`), `stream_options` without `stream`, an empty prompt, `n` > 1 with greedy
+sampling.
 
 Per stub, tests can also set on its `StubState`: `fail_status` (answer every generation request with
 that HTTP status), `info` (a NodeInfo to serve at /info), `hold` (keep requests waiting until it is cleared) and `token_delay_s` (a pause
@@ -25,6 +37,7 @@ from starlette.requests import ClientDisconnect
 
 WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"]
 MAX_TOKENS = 512  # a stub answer is never longer, whatever max_tokens says
+SLOW_S = 0.3
 
 
 @dataclass
@@ -42,16 +55,26 @@ class StubState:
     info: dict[str, Any] | None = None  # served at /info (a disagg node supervisor's NodeInfo); None: 404
 
 
-def _prompt_text(body: dict[str, Any]) -> str:
+def _prompt_texts(body: dict[str, Any]) -> list[str]:
+    """One text per prompt of the request (a batch of prompts for a list of strings or token-id lists)."""
     if "messages" in body:
-        return " ".join(str(m.get("content", "")) for m in body["messages"])
-    return str(body.get("prompt", ""))
+        return [" ".join(str(m.get("content", "")) for m in body["messages"])]
+    prompt = body.get("prompt", "")
+    if isinstance(prompt, list) and prompt and all(isinstance(p, (str, list)) for p in prompt):
+        return [str(p) for p in prompt]
+    return [str(prompt)]
 
 
-def expected_tokens(body: dict[str, Any]) -> list[str]:
+def _prompt_text(body: dict[str, Any]) -> str:
+    return " ".join(_prompt_texts(body))
+
+
+def expected_tokens(body: dict[str, Any], prompt: str | None = None, choice: int = 0) -> list[str]:
+    """The tokens a stub generates for `prompt` (default: the body's only prompt), choice `choice`."""
     n = min(MAX_TOKENS, body.get("max_tokens") or body.get("max_completion_tokens") or 16)
-    seed = len(_prompt_text(body))
-    return [f" {WORDS[(seed + i) % len(WORDS)]}" for i in range(n)]
+    text = _prompt_texts(body)[0] if prompt is None else prompt
+    offset = len(text) + (body.get("seed") or 0) + choice
+    return [f" {WORDS[(offset + i) % len(WORDS)]}" for i in range(n)]
 
 
 def create_stub(role: str, engine_id: str = "stub-engine") -> tuple[FastAPI, StubState]:
@@ -90,7 +113,11 @@ async def _guarded(state: StubState, request: Request, chat: bool) -> Any:
     state.calls.append(body)
     state.active += 1
     try:
-        answer = await _wait_while_held(state, request) or await _handle(state, body, chat)
+        release = state.role == "decode" and body.get("max_tokens") == 1
+        magic_hold = f"HOLD{state.role.upper()}" in _prompt_text(body) and not release
+        if f"SLOW{state.role.upper()}" in _prompt_text(body):
+            await asyncio.sleep(SLOW_S)
+        answer = (await _wait_while_held(state, request, magic_hold)) or await _handle(state, body, chat)
     except (TypeError, AttributeError, ValueError, KeyError) as exc:
         answer = JSONResponse({"error": {"message": f"invalid request: {exc}", "type": "BadRequestError",
                                          "param": None, "code": 400}}, status_code=400)
@@ -104,9 +131,10 @@ async def _guarded(state: StubState, request: Request, chat: bool) -> Any:
     return answer
 
 
-async def _wait_while_held(state: StubState, request: Request) -> JSONResponse | None:
-    """None once `state.hold` is cleared; a 499 (and one more `aborted`) if the client goes away first."""
-    while state.hold:
+async def _wait_while_held(state: StubState, request: Request, magic_hold: bool) -> JSONResponse | None:
+    """None once `state.hold` is cleared (never, for a prompt with the magic hold word); a 499 (and one more
+    `aborted`) if the client goes away first."""
+    while state.hold or magic_hold:
         if await request.is_disconnected():
             state.aborted += 1
             return JSONResponse({}, status_code=499)
@@ -135,48 +163,88 @@ async def _handle(state: StubState, body: dict[str, Any], chat: bool) -> Any:
     if body.get("model") != "stub-model":
         return JSONResponse({"error": {"message": f"The model `{body.get('model')}` does not exist.",
                                        "type": "NotFoundError", "param": "model", "code": 404}}, status_code=404)
+    if (refusal := _refusal(body)) is not None:
+        message, param = refusal
+        return JSONResponse({"error": {"message": message, "type": "BadRequestError", "param": param, "code": 400}},
+                            status_code=400)
     params = body.get("kv_transfer_params") or {}
     if params.get("do_remote_decode"):
-        return _prefill_answer(state, body, chat, text)
+        return _prefill_answer(state, body, chat)
+    prompts = _prompt_texts(body)
     if params.get("do_remote_prefill"):
         state.pulled.append(params)
-    tokens = expected_tokens(body)
+        prompts = [params.get("stub_prompt", p) for p in prompts]  # every prompt decodes the pulled KV
+    outputs = _outputs(body, prompts)
     if body.get("stream"):
-        stream = _stream(tokens, chat, body, cut="CUTSTREAM" in text, delay_s=state.token_delay_s)
+        stream = _stream(outputs, chat, body, cut="CUTSTREAM" in text, delay_s=state.token_delay_s)
         return StreamingResponse(stream, media_type="text/event-stream")
-    return _unary(tokens, chat, len(text.split()))
+    return _unary(outputs, chat, body.get("n") or 1)
 
 
-def _prefill_answer(state: StubState, body: dict[str, Any], chat: bool, text: str) -> JSONResponse:
+def _refusal(body: dict[str, Any]) -> tuple[str, str | None] | None:
+    """(message, param) of vLLM's 400 for a body it refuses; None if it serves it."""
+    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+    if isinstance(max_tokens, int) and max_tokens < 1 and not body.get("echo"):
+        return f"max_tokens must be at least 1, got {max_tokens}.", "max_tokens"
+    if isinstance(max_tokens, int) and (body.get("min_tokens") or 0) > max_tokens:
+        return f"min_tokens must be less than or equal to max_tokens={max_tokens}, got {body['min_tokens']}.", None
+    if body.get("stream_options") and not body.get("stream"):
+        return "Stream options can only be defined when `stream=True`.", "stream_options"
+    if body.get("prompt") == "" and "messages" not in body:
+        return "Either prompt or prompt_embeds must be provided and non-empty.", "prompt"
+    if (body.get("n") or 1) > 1 and body.get("temperature", 1.0) == 0:
+        return f"n must be 1 when using greedy sampling, got {body['n']}.", None
+    return None
+
+
+def _outputs(body: dict[str, Any], prompts: list[str]) -> list[tuple[int, list[str]]]:
+    """(prompt tokens, generated tokens) per choice, in vLLM's order: prompt i, choice j at i * n + j."""
+    n = body.get("n") or 1
+    return [(len(prompt.split()), expected_tokens(body, prompt, choice=j)) for prompt in prompts for j in range(n)]
+
+
+def _prefill_answer(state: StubState, body: dict[str, Any], chat: bool) -> JSONResponse:
     assert body["max_tokens"] == 1 and body["stream"] is False
-    answer = _unary(expected_tokens(body)[:1], chat, len(text.split()))
-    data = json.loads(answer.body)
-    if "NOKV" not in text:
+    prompts = _prompt_texts(body)
+    data = json.loads(_unary(_outputs(body, prompts), chat, body.get("n") or 1).body)
+    if "NOKV" not in _prompt_text(body):  # vLLM: the first prompt's params only, for a whole batch
         data["kv_transfer_params"] = {"do_remote_prefill": True, "do_remote_decode": False,
                                       "remote_block_ids": [1, 2, 3], "remote_engine_id": state.engine_id,
-                                      "remote_host": "127.0.0.1", "remote_port": 5600}
+                                      "remote_host": "127.0.0.1", "remote_port": 5600, "stub_prompt": prompts[0]}
     return JSONResponse(data)
 
 
-def _unary(tokens: list[str], chat: bool, prompt_tokens: int) -> JSONResponse:
-    text = "".join(tokens)
-    choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "length"}
-              if chat else {"index": 0, "text": text, "finish_reason": "length"})
-    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(tokens),
-             "total_tokens": prompt_tokens + len(tokens)}
+def _unary(outputs: list[tuple[int, list[str]]], chat: bool, n: int) -> JSONResponse:
+    choices = []
+    for index, (_, tokens) in enumerate(outputs):
+        text = "".join(tokens)
+        choices.append({"index": index, "message": {"role": "assistant", "content": text}, "finish_reason": "length"}
+                       if chat else {"index": index, "text": text, "finish_reason": "length"})
+    usage = _usage(outputs, n)
     return JSONResponse({"id": "stub-1", "object": "chat.completion" if chat else "text_completion",
-                         "created": int(time.time()), "model": "stub-model", "choices": [choice], "usage": usage})
+                         "created": int(time.time()), "model": "stub-model", "choices": choices, "usage": usage})
 
 
-async def _stream(tokens: list[str], chat: bool, body: dict[str, Any], cut: bool, delay_s: float):
-    for i, token in enumerate(tokens):
+def _usage(outputs: list[tuple[int, list[str]]], n: int = 1) -> dict[str, int]:
+    prompt_tokens = sum(p for p, _ in outputs[::n])
+    completion_tokens = sum(len(tokens) for _, tokens in outputs)
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+async def _stream(outputs: list[tuple[int, list[str]]], chat: bool, body: dict[str, Any], cut: bool,
+                  delay_s: float):
+    for i in range(max(len(tokens) for _, tokens in outputs)):
         if cut and i == 2:
             return
-        delta = {"index": 0, "delta": {"content": token}} if chat else {"index": 0, "text": token}
-        yield f"data: {json.dumps({'id': 'stub-1', 'model': 'stub-model', 'choices': [delta]})}\n\n"
+        for index, (_, tokens) in enumerate(outputs):
+            if i < len(tokens):
+                delta = ({"index": index, "delta": {"content": tokens[i]}} if chat
+                         else {"index": index, "text": tokens[i]})
+                yield f"data: {json.dumps({'id': 'stub-1', 'model': 'stub-model', 'choices': [delta]})}\n\n"
         await asyncio.sleep(delay_s)
     if (body.get("stream_options") or {}).get("include_usage"):
-        usage = {"prompt_tokens": 3, "completion_tokens": len(tokens), "total_tokens": 3 + len(tokens)}
+        usage = _usage(outputs, body.get("n") or 1)
         yield f"data: {json.dumps({'id': 'stub-1', 'choices': [], 'usage': usage})}\n\n"
     yield "data: [DONE]\n\n"
     await asyncio.sleep(delay_s)  # and closes a pause later, as a busy server may

@@ -11,7 +11,7 @@ import pytest
 
 from router.app import create_app
 from router.config import RouterConfig
-from tests.support.stub_cluster import stub_cluster
+from tests.support.stub_cluster import stub_cluster, wait_for
 from tests.support.stub_vllm import create_stub, expected_tokens
 from tests.support.threaded_server import serve
 
@@ -95,11 +95,9 @@ def test_unknown_model_is_relayed_as_404_in_openai_shape(cluster):
     (b"[1, 2]", None),
     (json.dumps({"prompt": "x"}).encode(), "model"),
     (json.dumps({"model": "stub-model"}).encode(), "prompt"),
-    (json.dumps({"model": "stub-model", "prompt": "x", "max_tokens": 0}).encode(), "max_tokens"),
     (json.dumps({"model": "stub-model", "prompt": "x", "max_tokens": -3}).encode(), "max_tokens"),
     (json.dumps({"model": "stub-model", "prompt": "x", "max_tokens": "5"}).encode(), "max_tokens"),
     (json.dumps({"model": "stub-model", "prompt": "x", "stream": "yes"}).encode(), "stream"),
-    (json.dumps({"model": "stub-model", "prompt": ""}).encode(), "prompt"),
     (b"\xff\xfe\x00garbage", None),
 ])
 def test_bad_completion_requests_get_400_and_router_keeps_serving(cluster, payload, param):
@@ -112,7 +110,24 @@ def test_bad_completion_requests_get_400_and_router_keeps_serving(cluster, paylo
     assert httpx.post(f"{url}/v1/completions", json=_completion(), timeout=10).status_code == 200
 
 
-@pytest.mark.parametrize("messages", [[], "hi", [{"content": "no role"}], [{"role": "user", "content": 5}]])
+@pytest.mark.parametrize("body,param", [
+    ({"model": "stub-model", "prompt": "x", "max_tokens": 0}, "max_tokens"),  # OpenAI allows 0, vLLM does not
+    ({"model": "stub-model", "prompt": ""}, "prompt"),  # OpenAI allows "", vLLM does not
+])
+def test_what_openai_accepts_and_vllm_refuses_is_vllms_400_and_no_kv_is_left(cluster, body, param):
+    url, prefill, decode = cluster
+    resp = httpx.post(f"{url}/v1/completions", json=body, timeout=10)
+    assert resp.status_code == 400, resp.text
+    err = resp.json()["error"]
+    assert err["type"] == "invalid_request_error" and err["param"] == param and err["code"] == "invalid_value"
+    if decode.calls:  # refused by the decode node after a prefill: the prefilled KV is pulled, so freed
+        assert wait_for(lambda: len(decode.calls) == 2 and len(decode.pulled) == 1)
+        assert decode.calls[-1]["max_tokens"] == 1
+    assert wait_for(lambda: prefill.active == decode.active == 0)
+
+
+@pytest.mark.parametrize("messages", [[], "hi", [{"content": "no role"}], [{"role": "user", "content": 5}],
+                                      [{"role": "wizard", "content": "hi"}]])
 def test_bad_chat_messages_get_400(cluster, messages):
     url, _, _ = cluster
     resp = httpx.post(f"{url}/v1/chat/completions", json={"model": "stub-model", "messages": messages})

@@ -39,4 +39,4 @@ def test_latency_histograms_kv_bytes_and_outcomes_are_exported():
         assert m("disagg_router_request_kv_bytes_sum") == prompt_tokens * KV_BYTES_PER_TOKEN
         assert m("disagg_router_kv_bytes_total") == prompt_tokens * KV_BYTES_PER_TOKEN
         assert m('disagg_router_nodes_healthy{role="decode"}') == 1
-        assert m('disagg_router_failures_total{reason="invalid_request_error"}') == 1
+        assert m('disagg_router_failures_total{reason="invalid_value"}') == 1

@@ -11,11 +11,19 @@ from router.config import RouterConfig
 
 def test_prefill_request_asks_for_one_token_and_keeps_the_kv():
     body = {"model": "m", "prompt": "hi", "max_tokens": 50, "stream": True, "stream_options": {"include_usage": True},
-            "max_completion_tokens": 50}
+            "max_completion_tokens": 50, "min_tokens": 20, "n": 3, "best_of": 3, "logprobs": 2, "stop": ["x"]}
     req = protocol.prefill_request(body)
     assert req["max_tokens"] == 1 and req["max_completion_tokens"] == 1 and req["stream"] is False
-    assert "stream_options" not in req and req["kv_transfer_params"]["do_remote_decode"] is True
-    assert body["max_tokens"] == 50 and body["stream"] is True  # the client's body is untouched
+    assert req["kv_transfer_params"]["do_remote_decode"] is True
+    assert not {"stream_options", "min_tokens", "n", "best_of"} & set(req)  # each conflicts with one token
+    assert req["logprobs"] == 2 and req["stop"] == ["x"]
+    assert body["max_tokens"] == 50 and body["stream"] is True and body["min_tokens"] == 20  # client's body intact
+
+
+def test_release_request_is_the_prefill_body_with_the_decode_params():
+    params = {"do_remote_prefill": True, "remote_request_id": "r"}
+    req = protocol.release_request({"model": "m", "prompt": "hi", "max_tokens": 50, "min_tokens": 60}, params)
+    assert req["max_tokens"] == 1 and "min_tokens" not in req and req["kv_transfer_params"] == params
 
 
 def test_decode_request_carries_the_prefill_params_and_the_original_request():
@@ -30,24 +38,42 @@ def test_missing_kv_params_from_prefill_is_a_protocol_error(response):
         protocol.kv_transfer_params(response)
 
 
-@pytest.mark.parametrize("body,param", [
-    ({"model": "m", "prompt": ["a", ""]}, "prompt"),
-    ({"model": "m", "prompt": [[1, 2], [True]]}, "prompt"),
-    ({"model": "m", "prompt": "x", "n": 2}, "n"),
-    ({"model": "m", "prompt": "x", "temperature": True}, "temperature"),
-    ({"model": "m", "prompt": "x", "max_tokens": 2**40}, "max_tokens"),
-    ({"model": "m", "prompt": "x", "kv_transfer_params": {}}, "kv_transfer_params"),
-    ({"model": "", "prompt": "x"}, "model"),
+@pytest.mark.parametrize("endpoint,body,param", [
+    ("completions", {"model": "m", "prompt": ["a", 5]}, "prompt[1]"),
+    ("completions", {"model": "m", "prompt": [[1, 2], [True]]}, "prompt[1][0]"),
+    ("completions", {"model": "m", "prompt": "x", "n": 129}, "n"),
+    ("completions", {"model": "m", "prompt": "x", "temperature": True}, "temperature"),
+    ("completions", {"model": "m", "prompt": "x", "max_tokens": -1}, "max_tokens"),
+    ("completions", {"model": "m", "prompt": "x", "seed": 2**63}, "seed"),
+    ("completions", {"model": "m", "prompt": "x", "kv_transfer_params": {}}, "kv_transfer_params"),
+    ("completions", {"model": 5, "prompt": "x"}, "model"),
+    ("completions", {"prompt": "x"}, "model"),
+    ("completions", {"model": "m", "prompt": "x", "user": None}, "user"),  # OpenAI: a string, not nullable
+    ("chat", {"model": "m", "messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role"),
+    ("chat", {"model": "m", "messages": [{"role": "user", "content": [{"type": "video", "x": 1}]}]},
+     "messages[0].content[0].type"),
+    ("chat", {"model": "m", "messages": [{"role": "tool", "content": "x"}]}, "messages[0].tool_call_id"),
+    ("chat", {"model": "m", "messages": [{"role": "user", "content": "x"}], "logprobs": 1}, "logprobs"),
+    ("chat", {"model": "m", "messages": [{"role": "user", "content": "x"}], "top_logprobs": 21}, "top_logprobs"),
+    ("chat", {"model": "m", "messages": [{"role": "user", "content": "x"}], "stop": ["a"] * 5}, "stop"),
 ])
-def test_invalid_completion_bodies(body, param):
+def test_invalid_bodies_name_openais_param(endpoint, body, param):
     with pytest.raises(BadRequest) as info:
-        validation.validate_completion(body)
-    assert info.value.param == param and info.value.http_status == 400
+        validation.validate_request(endpoint, body)
+    assert info.value.param == param and info.value.http_status == 400, info.value.message
+    assert info.value.message.startswith(param) and isinstance(info.value.code, str)
 
 
-def test_valid_bodies_pass():
-    validation.validate_completion({"model": "m", "prompt": [1, 2, 3], "max_tokens": 3, "temperature": 0})
-    validation.validate_chat({"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": "x"}]}]})
+def test_valid_bodies_pass_and_nulls_mean_defaults():
+    assert validation.validate_request("completions", {"model": "m", "prompt": [1, 2, 3], "max_tokens": 0})
+    assert validation.validate_request("completions", {"model": "m", "prompt": [[1], [2, 3]], "seed": -(2**63)})
+    chat = {"model": "m", "messages": [{"role": "developer", "content": [{"type": "text", "text": "x"}]}],
+            "logprobs": True, "top_logprobs": 2, "n": None, "stream": None, "stop": None, "top_k": 5,
+            "min_tokens": None, "structured_outputs": {"choice": ["a"]}}
+    got = validation.validate_request("chat", chat)
+    assert "n" not in got and "stream" not in got and "stop" not in got  # OpenAI's nulls: the default
+    assert got["top_k"] == 5 and "min_tokens" in got and got["structured_outputs"]  # extensions pass as sent
+    assert got["logprobs"] is True and got["top_logprobs"] == 2
 
 
 def test_deeply_nested_json_is_a_400_not_a_crash():
