@@ -4,7 +4,8 @@ One secret shared by the router and the nodes of a cluster (`--cluster-token-fil
 `DISAGG_CLUSTER_TOKEN` environment variable; never a command-line value, which every user of a host can
 read). The same token proves our TCP KV transport's PULL and RELEASE frames (`transport/tcp/auth.py`).
 
-- Node side: `ClusterTokenMiddleware` wraps the vLLM OpenAI server (loaded through vLLM's `--middleware`,
+- Node side: `ClusterTokenMiddleware` wraps the vLLM OpenAI server (inside `node.vllm_middleware`, loaded
+  through vLLM's `--middleware`,
   reading the token from the server's environment) and the supervisor's `/info` app. Every path needs
   `Authorization: Bearer TOKEN` except `OPEN_PATHS` (liveness and Prometheus scraping, which start no
   work); anything else gets 401 in OpenAI's error shape before vLLM sees it. This covers what vLLM's own
@@ -29,7 +30,6 @@ from core.errors import ConfigError, Unauthorized
 log = logging.getLogger(__name__)
 CLUSTER_TOKEN_ENV = "DISAGG_CLUSTER_TOKEN"  # the token for processes that get no file; never a CLI value
 OPEN_PATHS = frozenset({"/health", "/metrics", "/ping"})
-MIDDLEWARE_IMPORT_PATH = "core.cluster_token.ClusterTokenMiddleware"
 
 Scope = dict[str, Any]
 ASGIApp = Callable[[Scope, Callable[..., Awaitable[Any]], Callable[..., Awaitable[Any]]], Awaitable[None]]

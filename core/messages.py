@@ -44,8 +44,9 @@ class RequestTiming(BaseModel):
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     queue_s: float = 0.0
-    prefill_s: float | None = None
-    decode_ttft_s: float | None = None
+    prefill_s: float | None = None  # the prefill node's answer (the slowest part's)
+    ttft_s: float | None = None  # arrival to the first token's chunk leaving the router (streams)
+    decode_ttft_s: float | None = None  # the decode node's call to its first chunk: KV pull + first decode step
     decode_s: float | None = None
     total_s: float | None = None
     kv_bytes: int | None = None
@@ -58,6 +59,8 @@ class RequestTiming(BaseModel):
         parts = [f"queue;dur={self.queue_s * 1000:.1f}"]
         if self.prefill_s is not None:
             parts.append(f"prefill;dur={self.prefill_s * 1000:.1f}")
+        if self.decode_ttft_s is not None:
+            parts.append(f"decode_first;dur={self.decode_ttft_s * 1000:.1f}")
         if self.kv_bytes is not None:
             parts.append(f'kv;desc="{self.kv_bytes} bytes"')
         return ", ".join(parts)

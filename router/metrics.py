@@ -41,7 +41,7 @@ class RouterMetrics:
         self.prefill_s = Histogram("disagg_router_prefill_seconds", "Prefill request time on the prefill node",
                                    buckets=LATENCY_BUCKETS_S, registry=r)
         self.decode_ttft_s = Histogram("disagg_router_decode_ttft_seconds",
-                                       "Decode node's time to first token (includes its KV pull)",
+                                       "Decode node's time to its first chunk (its KV pull and first decode step)",
                                        buckets=LATENCY_BUCKETS_S, registry=r)
         self.kv_bytes = Counter("disagg_router_kv_bytes", "KV bytes of disaggregated prompts "
                                 "(prompt tokens x KV bytes per token)", registry=r)
@@ -60,11 +60,8 @@ class RouterMetrics:
         self.queue_s.observe(timing.queue_s)
         if timing.prefill_s is not None:
             self.prefill_s.observe(timing.prefill_s)
-            ttft_s = timing.prefill_s + (timing.decode_ttft_s or 0.0)
-            if timing.decode_ttft_s is not None:
-                self.ttft_s.labels(timing.mode).observe(timing.queue_s + ttft_s)
-        elif timing.decode_ttft_s is not None:
-            self.ttft_s.labels(timing.mode).observe(timing.queue_s + timing.decode_ttft_s)
+        if timing.ttft_s is not None:  # streams: arrival (queue included) to the first token's chunk
+            self.ttft_s.labels(timing.mode).observe(timing.ttft_s)
         if timing.decode_ttft_s is not None and timing.mode == "disagg":
             self.decode_ttft_s.observe(timing.decode_ttft_s)
         if timing.kv_bytes:

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
 from core.errors import NoNodeAvailable, UpstreamError
 from core.messages import RequestTiming
-from router import protocol
+from router import continuation, protocol
 from router.config import RouterConfig
 from router.metrics import RouterMetrics
 from router.registry import Node, NodeRegistry
@@ -28,15 +29,25 @@ from router.upstream import NodeFailure, post_json
 log = logging.getLogger("router.requests")
 
 
+@dataclass(frozen=True)
+class Prefilled:
+    """A prefill node's answer: its JSON body (one token) and the decode side's `kv_transfer_params`."""
+
+    answer: dict[str, Any]
+    params: dict[str, Any]
+    node: Node
+
+
 class PrefillStep:
     def __init__(self, config: RouterConfig, registry: NodeRegistry, client: httpx.AsyncClient,
                  metrics: RouterMetrics) -> None:
         self.config, self.registry, self.client, self.metrics = config, registry, client, metrics
 
-    async def run(self, body: dict[str, Any], endpoint: str, timing: RequestTiming,
-                  headers: dict[str, str]) -> tuple[dict[str, Any] | None, str | None]:
-        """(the decode side's `kv_transfer_params`, None) after a prefill; (None, reason) on fallback, when
-        the decode node gets the request as it came and prefills it itself."""
+    async def run(self, body: dict[str, Any], endpoint: str, timing: RequestTiming, headers: dict[str, str],
+                  continuing: bool = False) -> tuple[Prefilled | None, str | None]:
+        """(the prefill node's answer, None) after a prefill; (None, reason) on fallback, when the decode node
+        gets the request as it came and prefills it itself. `continuing`: the router will continue from the
+        first token (router.continuation), so the prefill is asked for the token ids too."""
         tried: set[str] = set()
         last: UpstreamError | None = None
         while True:
@@ -48,17 +59,20 @@ class PrefillStep:
             if last is not None:
                 self.metrics.retries.labels(last.code or last.error_type).inc()
             try:
-                return await self._on(node, body, endpoint, timing, headers), None
+                return await self._on(node, body, endpoint, timing, headers, continuing), None
             except UpstreamError as exc:
                 last = exc
                 log.warning("request %s: prefill on %s failed: %s", timing.request_id, node.url, exc.message)
 
     async def _on(self, node: Node, body: dict[str, Any], endpoint: str, timing: RequestTiming,
-                  headers: dict[str, str]) -> dict[str, Any]:
+                  headers: dict[str, str], continuing: bool) -> Prefilled:
         started_s = time.monotonic()
+        prefill_body = protocol.prefill_request(body)
+        if continuing:
+            prefill_body = continuation.prefill_request(prefill_body, body)
         try:
             data = await post_json(self.client, "prefill", node.vllm_url + protocol.PATHS[endpoint],
-                                   protocol.prefill_request(body), headers)
+                                   prefill_body, headers)
         except NodeFailure as exc:
             if exc.node_down:
                 self.registry.mark_failed(node, exc.message)
@@ -66,7 +80,7 @@ class PrefillStep:
         params = protocol.kv_transfer_params(data)
         timing.prefill_s = max(timing.prefill_s or 0.0, time.monotonic() - started_s)  # the slowest part's
         timing.prompt_tokens = protocol.prompt_tokens(data)
-        return params
+        return Prefilled(answer=data, params=params, node=node)
 
     def _fall_back(self, timing: RequestTiming, last: UpstreamError | None, none_left: NoNodeAvailable) -> str:
         """Why the decode node serves the request alone; raises when fallback is off."""

@@ -58,6 +58,16 @@ def release_request(body: dict[str, Any], params: dict[str, Any]) -> dict[str, A
     return req
 
 
+RELEASE_PATH = "/disagg/v1/release_kv"  # a disagg node's release call (node/vllm_middleware.py)
+
+
+def release_call(request_id: str | None, params: dict[str, Any]) -> dict[str, Any]:
+    """The body of a disagg decode node's release call: free the prefill blocks `params` name, computing
+    nothing (vLLM's engine treats it as a request refused before it started)."""
+    return {"request_id": f"release-{request_id or 'unknown'}-{params.get('remote_request_id')}",
+            "kv_transfer_params": params}
+
+
 def kv_transfer_params(prefill_response: dict[str, Any]) -> dict[str, Any]:
     """The decode-side parameters out of the prefill node's JSON response."""
     params = prefill_response.get("kv_transfer_params")

@@ -91,8 +91,8 @@ class StreamRelay:
     def _observe(self, chunk: dict[str, Any]) -> None:
         """Note first token, inter-token gaps and usage from one chunk."""
         now_s = time.monotonic()
-        if self.timing.decode_ttft_s is None:
-            self.timing.decode_ttft_s = now_s - self.started_s
+        if self.timing.ttft_s is None:
+            self.timing.ttft_s = now_s - self.timing.started_s
         if self._last_chunk_s is not None:
             self.metrics.inter_token_s.labels(self.timing.mode).observe(now_s - self._last_chunk_s)
         self._last_chunk_s = now_s

@@ -34,12 +34,12 @@ from typing import Any, AsyncIterator
 
 import httpx
 
-from core.errors import DisaggError, NoNodeAvailable, UpstreamError
+from core.errors import ClientRelayedError, DisaggError, NoNodeAvailable, UpstreamError
 from core.messages import RequestTiming
-from router import protocol
+from router import continuation, protocol, splice
 from router.config import RouterConfig
 from router.metrics import RouterMetrics
-from router.prefill import PrefillStep
+from router.prefill import Prefilled, PrefillStep
 from router.registry import Node, NodeRegistry
 from router.upstream import NodeFailure, error_from_exception, open_stream, post_json
 
@@ -52,8 +52,10 @@ class SubStream:
     """One opened decode stream: `chunks()` yields its parsed chunks once; `aclose()` closes the connection
     (vLLM aborts a request whose connection closes)."""
 
-    def __init__(self, resp: httpx.Response, scope: AsyncExitStack) -> None:
-        self.resp, self.scope = resp, scope
+    def __init__(self, resp: httpx.Response, scope: AsyncExitStack, role: str = "decode",
+                 timing: RequestTiming | None = None, sent_s: float | None = None) -> None:
+        self.resp, self.scope, self.role = resp, scope, role
+        self.timing, self.sent_s = timing, sent_s  # notes the node's time to its first chunk
 
     async def chunks(self) -> AsyncIterator[dict[str, Any]]:
         try:
@@ -66,20 +68,58 @@ class SubStream:
                 chunk = json.loads(payload)
                 if isinstance(chunk, dict) and chunk.get("error"):
                     raise _in_band_error(chunk["error"])
+                self._note_first_chunk()
                 yield chunk
         except httpx.HTTPError as exc:
-            raise error_from_exception("decode", exc) from exc
+            raise error_from_exception(self.role, exc) from exc
         except json.JSONDecodeError:
-            raise UpstreamError("decode node sent an SSE chunk that is not JSON", code="decode_protocol") from None
-        raise UpstreamError("decode node closed the stream before [DONE]", code="decode_stream_cut")
+            raise UpstreamError(f"{self.role} node sent an SSE chunk that is not JSON",
+                                code=f"{self.role}_protocol") from None
+        raise UpstreamError(f"{self.role} node closed the stream before [DONE]", code=f"{self.role}_stream_cut")
 
     async def aclose(self) -> None:
         await self.scope.aclose()
+
+    def _note_first_chunk(self) -> None:
+        if self.timing is not None and self.sent_s is not None and self.timing.decode_ttft_s is None:
+            self.timing.decode_ttft_s = time.monotonic() - self.sent_s
+        self.sent_s = None
 
 
 def _in_band_error(error: Any) -> DisaggError:
     message = error.get("message") if isinstance(error, dict) else None
     return UpstreamError(f"decode node failed mid-stream: {message or error}", code="decode_stream_error")
+
+
+class HeadStream:
+    """A streamed answer made wholly from the prefill node's answer (its first token ended it)."""
+
+    def __init__(self, head: list[dict[str, Any]]) -> None:
+        self.head = head
+
+    async def chunks(self) -> AsyncIterator[dict[str, Any]]:
+        for chunk in self.head:
+            yield chunk
+
+    async def aclose(self) -> None:
+        return None
+
+
+class ContinuedStream:
+    """The first token's chunks (from the prefill answer), then the decode node's, spliced (router.splice)."""
+
+    def __init__(self, head: list[dict[str, Any]], rest: SubStream, splicer: splice.StreamSplicer) -> None:
+        self.head, self.rest, self.splicer = head, rest, splicer
+
+    async def chunks(self) -> AsyncIterator[dict[str, Any]]:
+        for chunk in self.head:
+            yield chunk
+        async for chunk in self.rest.chunks():
+            if (spliced := self.splicer.chunk(chunk)) is not None:
+                yield spliced
+
+    async def aclose(self) -> None:
+        await self.rest.aclose()
 
 
 class SinglePath:
@@ -100,25 +140,64 @@ class SinglePath:
 
     async def _serve(self, body: dict[str, Any], endpoint: str, timing: RequestTiming, headers: dict[str, str],
                      prefill: bool, stream: bool) -> Any:
-        params = None
-        if prefill:
-            self.registry.require("decode")  # no prompt is prefilled for a decode node that is not there
-            params, fallback = await self._prefill(body, endpoint, timing, headers)
-            decode_body = body if params is None else protocol.decode_request(body, params)
-        else:
-            decode_body, fallback = body, None
+        if not prefill:  # colocated mode, or a shape served whole
+            return await self._on_decode_nodes(body, endpoint, timing, headers, None, stream)
+        if continuation.max_tokens_of(body) == 1:  # the prefill node's one token is the answer: no KV to keep
+            return await self._on_prefill_alone(body, endpoint, timing, headers, stream)
+        self.registry.require("decode")  # no prompt is prefilled for a decode node that is not there
+        why_not = continuation.reason_not_to_continue(body, endpoint)
+        prefilled, fallback = await self._prefill(body, endpoint, timing, headers, continuing=why_not is None)
+        if prefilled is None:  # colocated fallback: the decode node gets the request as it came
+            return await self._on_decode_nodes(body, endpoint, timing, headers, fallback, stream)
+        first = continuation.first_token(prefilled.answer, endpoint) if why_not is None else None
+        if first is not None and first.usable:
+            return await self._continue(body, endpoint, timing, headers, stream, prefilled, first)
+        log.debug("request %s: decode recomputes the first token (%s)", timing.request_id,
+                  why_not or "the prefill's first token cannot be split off")
+        return await self._decode_or_release(protocol.decode_request(body, prefilled.params), body, endpoint,
+                                             timing, headers, stream, prefilled.params)
+
+    async def _continue(self, body: dict[str, Any], endpoint: str, timing: RequestTiming, headers: dict[str, str],
+                        stream: bool, prefilled: Prefilled, first: continuation.FirstToken) -> Any:
+        """Serve from the prefill node's first token: alone when it ends the answer, else spliced with the
+        decode node's continuation (router.continuation, router.splice)."""
+        if first.ends_answer:  # EOS or a stop token at once: nothing for a decode node to do
+            self._release_later(body, endpoint, prefilled.params, headers)
+            if stream:
+                return HeadStream(splice.head_chunks(first, endpoint, body))
+            return splice.alone(first, endpoint, body)
+        decode_body = continuation.decode_request(body, endpoint, first, prefilled.params)
         try:
-            return await self._on_decode_nodes(decode_body, endpoint, timing, headers, fallback, stream)
+            result = await self._decode_or_release(decode_body, body, endpoint, timing, headers, stream,
+                                                   prefilled.params)
+        except ClientRelayedError:  # refused: ask again as colocated serving would be, for vLLM's own 4xx
+            return await self._decode_or_release(protocol.decode_request(body, prefilled.params), body, endpoint,
+                                                 timing, headers, stream, prefilled.params)
+        if stream:
+            return ContinuedStream(splice.head_chunks(first, endpoint, body), result,
+                                   splice.StreamSplicer(first, endpoint))
+        return splice.unary(first, result, endpoint, body)
+
+    async def _decode_or_release(self, decode_body: dict[str, Any], body: dict[str, Any], endpoint: str,
+                                 timing: RequestTiming, headers: dict[str, str], stream: bool,
+                                 params: dict[str, Any]) -> Any:
+        try:
+            return await self._on_decode_nodes(decode_body, endpoint, timing, headers, None, stream)
         except BaseException:  # refused (a 4xx from its API server), failed, or cancelled before an answer
-            if params is not None:
-                self._release_later(body, endpoint, params, headers)
+            self._release_later(body, endpoint, params, headers)
             raise
 
+    async def _on_prefill_alone(self, body: dict[str, Any], endpoint: str, timing: RequestTiming,
+                                headers: dict[str, str], stream: bool) -> Any:
+        """A one-token request, served whole by a prefill node (as colocated there: it keeps no KV)."""
+        node = self.registry.pick("prefill")
+        return await self._on_node(node, "prefill", body, endpoint, timing, headers, stream)
+
     async def _prefill(self, body: dict[str, Any], endpoint: str, timing: RequestTiming,
-                       headers: dict[str, str]) -> tuple[dict[str, Any] | None, str | None]:
-        """router.prefill's (params, fallback reason). Cancelled meanwhile, the prefill gets PREFILL_GRACE_S more
+                       headers: dict[str, str], continuing: bool) -> tuple[Prefilled | None, str | None]:
+        """router.prefill's (answer, fallback reason). Cancelled meanwhile, the prefill gets PREFILL_GRACE_S more
         to answer (its answer may be on the wire: vLLM then holds its blocks) and its KV is released."""
-        task = asyncio.ensure_future(self.prefill.run(body, endpoint, timing, headers))
+        task = asyncio.ensure_future(self.prefill.run(body, endpoint, timing, headers, continuing))
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -132,7 +211,7 @@ class SinglePath:
             task.cancel()  # still computing: its connection closes, vLLM aborts it and frees its blocks
             await asyncio.gather(task, return_exceptions=True)
         elif not task.exception() and task.result()[0] is not None:
-            await self._release(body, endpoint, task.result()[0], headers)
+            await self._release(body, endpoint, task.result()[0].params, headers)
 
     async def _on_decode_nodes(self, body: dict[str, Any], endpoint: str, timing: RequestTiming,
                                headers: dict[str, str], fallback: str | None, stream: bool) -> Any:
@@ -141,7 +220,7 @@ class SinglePath:
             node = self._pick_decode(frozenset(tried), fallback)
             tried.add(node.url)
             try:
-                return await self._on_decode(node, body, endpoint, timing, headers, stream)
+                return await self._on_node(node, "decode", body, endpoint, timing, headers, stream)
             except NodeFailure as exc:  # nothing reached the client yet: another decode node may serve it
                 if not self.registry.has_healthy("decode", frozenset(tried)):
                     raise
@@ -156,8 +235,9 @@ class SinglePath:
             exc.message += f"; prefill: {fallback}" if fallback else ""
             raise
 
-    async def _on_decode(self, node: Node, body: dict[str, Any], endpoint: str, timing: RequestTiming,
-                         headers: dict[str, str], stream: bool) -> Any:
+    async def _on_node(self, node: Node, role: str, body: dict[str, Any], endpoint: str, timing: RequestTiming,
+                       headers: dict[str, str], stream: bool) -> Any:
+        """The node's answer to `body`: its JSON, or its stream opened (status 200)."""
         if "kv_transfer_params" in body and node.info is not None and timing.prompt_tokens is not None:
             timing.kv_bytes = (timing.kv_bytes or 0) + timing.prompt_tokens * node.info.kv_bytes_per_token
         url = node.vllm_url + protocol.PATHS[endpoint]
@@ -165,9 +245,9 @@ class SinglePath:
         scope = AsyncExitStack()
         try:
             if stream:
-                resp = await scope.enter_async_context(open_stream(self.client, "decode", url, body, headers))
-                return SubStream(resp, scope)
-            data = await post_json(self.client, "decode", url, body, headers)
+                resp = await scope.enter_async_context(open_stream(self.client, role, url, body, headers))
+                return SubStream(resp, scope, role, timing if role == "decode" else None, started_s)
+            data = await post_json(self.client, role, url, body, headers)
             timing.decode_s = max(timing.decode_s or 0.0, time.monotonic() - started_s)
             return data
         except NodeFailure as exc:
@@ -180,13 +260,21 @@ class SinglePath:
 
     async def _release(self, body: dict[str, Any], endpoint: str, params: dict[str, Any],
                        headers: dict[str, str]) -> None:
-        """Have a decode node pull and so free the blocks the prefill node holds for a request that will not
-        be decoded; a failure is logged (the prefill node's lease frees them later)."""
+        """Have a decode node free the blocks the prefill node holds for a request that will not be decoded:
+        a disagg node's release call (its engine tells the connector, which frees them remotely, computing
+        nothing); a plain vLLM server (404 there) pulls them with a one-token request instead. A failure is
+        logged: the prefill node's lease frees them later."""
         try:
             node = self.registry.pick("decode")
             async with asyncio.timeout(RELEASE_TIMEOUT_S):
-                await post_json(self.client, "decode", node.vllm_url + protocol.PATHS[endpoint],
-                                protocol.release_request(body, params), headers)
+                try:
+                    await post_json(self.client, "decode", node.vllm_url + protocol.RELEASE_PATH,
+                                    protocol.release_call(headers.get("X-Request-Id"), params), headers)
+                except ClientRelayedError as exc:
+                    if exc.http_status != 404:
+                        raise
+                    await post_json(self.client, "decode", node.vllm_url + protocol.PATHS[endpoint],
+                                    protocol.release_request(body, params), headers)
         except (DisaggError, TimeoutError) as exc:
             log.warning("request %s: could not release its prefilled KV blocks (%s); the prefill node's lease "
                         "frees them", headers.get("X-Request-Id"), getattr(exc, "message", exc))

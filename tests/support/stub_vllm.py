@@ -5,8 +5,9 @@ A prefill stub answers a request carrying `kv_transfer_params.do_remote_decode` 
 "pull") and generates deterministic tokens. Prompts containing magic words make it fail on purpose:
 `FAIL500` (HTTP 500), `CUTSTREAM` (the stream ends without [DONE]), `NOKV` (prefill omits kv params),
 `HOLDPREFILL` / `HOLDDECODE` (the prefill / decode stub holds the request until its client goes away; not a
-one-token decode request, which is how the router releases a prefill's KV), `SLOWPREFILL` (the prefill stub
-answers after SLOW_S).
+one-token decode request, the way the router releases a prefill's KV on a plain vLLM server), `SLOWPREFILL`
+(the prefill stub answers after SLOW_S). Like a disagg node it answers the release call
+(`/disagg/v1/release_kv`), recording it in `released`.
 
 Like vLLM 0.32 it serves a completions `prompt` that is a list of strings or of token-id lists as a batch
 and `n` choices per prompt (choice j seeded `seed + j`, choices indexed `prompt_i * n + j`, usage summed),
@@ -16,6 +17,14 @@ pulled prompt (as vLLM would decode from the first prompt's KV), so a batch sent
 wrong text. It refuses what vLLM refuses that matters to the P/D split: `min_tokens` > `max_tokens`,
 `max_tokens` < 1 (without `echo`), `stream_options` without `stream`, an empty prompt, `n` > 1 with greedy
 sampling.
+
+The stub is a tiny autoregressive model over token ids: a prompt's words are its tokens (ids from a CRC
+of each word), and each generated token is a function of every token before it (prompt and output). So a
+decode stub asked to continue from "prompt ids + first token" generates exactly the tokens colocated serving
+would after that first token, as vLLM does: the router's first-token continuation is testable here. Token
+ids come back with `return_token_ids` (vLLM's places: completions per choice, chat's prompt ids at the top);
+chat streams start with a role chunk. `STOPFIRST` in a prompt makes the first generated token the end of
+sequence (empty text, finish reason "stop").
 
 Per stub, tests can also set on its `StubState`: `fail_status` (answer every generation request with
 that HTTP status), `info` (a NodeInfo to serve at /info), `hold` (keep requests waiting until it is cleared) and `token_delay_s` (a pause
@@ -28,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +56,7 @@ class StubState:
     engine_id: str
     calls: list[dict[str, Any]] = field(default_factory=list)
     pulled: list[dict[str, Any]] = field(default_factory=list)
+    released: list[dict[str, Any]] = field(default_factory=list)  # release calls (node/vllm_middleware.py)
     healthy: bool = True
     fail_status: int | None = None
     hold: bool = False
@@ -55,13 +66,18 @@ class StubState:
     info: dict[str, Any] | None = None  # served at /info (a disagg node supervisor's NodeInfo); None: 404
 
 
+EOS = len(WORDS)  # the end-of-sequence token: no text
+
+
 def _prompt_texts(body: dict[str, Any]) -> list[str]:
     """One text per prompt of the request (a batch of prompts for a list of strings or token-id lists)."""
     if "messages" in body:
         return [" ".join(str(m.get("content", "")) for m in body["messages"])]
     prompt = body.get("prompt", "")
+    if isinstance(prompt, list) and prompt and all(isinstance(p, int) for p in prompt):
+        return [detokenize(prompt)]
     if isinstance(prompt, list) and prompt and all(isinstance(p, (str, list)) for p in prompt):
-        return [str(p) for p in prompt]
+        return [detokenize(p) if isinstance(p, list) else p for p in prompt]
     return [str(prompt)]
 
 
@@ -69,12 +85,54 @@ def _prompt_text(body: dict[str, Any]) -> str:
     return " ".join(_prompt_texts(body))
 
 
+_TEXT_OF_ID: dict[int, str] = {}  # every word the stub has tokenized, so token-id prompts read as text again
+
+
+def tokenize(text: str) -> list[int]:
+    """The stub's token ids of a text: one per word, above the generated vocabulary."""
+    ids = [100 + zlib.crc32(word.encode()) % 100_000 for word in text.split()]
+    _TEXT_OF_ID.update(zip(ids, text.split()))
+    return ids
+
+
+def detokenize(ids: list[int]) -> str:
+    """A token-id prompt as text (the magic words survive the router's continuation from token ids)."""
+    return " ".join(_TEXT_OF_ID.get(t, word(t).strip() if 0 <= t <= EOS else str(t)) for t in ids)
+
+
+def prompt_ids(body: dict[str, Any]) -> list[list[int]]:
+    """Each prompt's token ids (a list of ints is one prompt; chat may bring them in kv_transfer_params)."""
+    reused = (body.get("kv_transfer_params") or {}).get("prompt_token_ids")
+    if "messages" in body:
+        return [list(reused)] if isinstance(reused, list) else [tokenize(_prompt_texts(body)[0])]
+    prompt = body.get("prompt", "")
+    if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
+        return [list(prompt)]
+    if isinstance(prompt, list) and prompt and all(isinstance(p, list) for p in prompt):
+        return [list(p) for p in prompt]
+    return [tokenize(text) for text in _prompt_texts(body)]
+
+
+def generate(ids: list[int], body: dict[str, Any], choice: int = 0, stop_first: bool = False) -> list[int]:
+    """The stub model: token k is (sum of every token before it + seed + choice) mod |WORDS|."""
+    n = min(MAX_TOKENS, body.get("max_completion_tokens") or body.get("max_tokens") or 16)
+    out: list[int] = []
+    for _ in range(n):
+        if stop_first and not out:
+            return [EOS]
+        out.append((sum(ids) + sum(out) + (body.get("seed") or 0) + choice) % len(WORDS))
+    return out
+
+
+def word(token_id: int) -> str:
+    return "" if token_id == EOS else f" {WORDS[token_id]}"
+
+
 def expected_tokens(body: dict[str, Any], prompt: str | None = None, choice: int = 0) -> list[str]:
-    """The tokens a stub generates for `prompt` (default: the body's only prompt), choice `choice`."""
-    n = min(MAX_TOKENS, body.get("max_tokens") or body.get("max_completion_tokens") or 16)
+    """The token texts colocated serving of the client's `body` generates (default: its only prompt)."""
+    ids = prompt_ids(body)[0] if prompt is None else tokenize(prompt)
     text = _prompt_texts(body)[0] if prompt is None else prompt
-    offset = len(text) + (body.get("seed") or 0) + choice
-    return [f" {WORDS[(offset + i) % len(WORDS)]}" for i in range(n)]
+    return [word(t) for t in generate(ids, body, choice, stop_first="STOPFIRST" in text)]
 
 
 def create_stub(role: str, engine_id: str = "stub-engine") -> tuple[FastAPI, StubState]:
@@ -92,6 +150,11 @@ def create_stub(role: str, engine_id: str = "stub-engine") -> tuple[FastAPI, Stu
     @app.get("/v1/models")
     async def models() -> dict:
         return {"object": "list", "data": [{"id": "stub-model", "object": "model"}]}
+
+    @app.post("/disagg/v1/release_kv")
+    async def release_kv(request: Request) -> Any:
+        state.released.append((await request.json())["kv_transfer_params"])
+        return {"released": True}
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Any:
@@ -170,15 +233,17 @@ async def _handle(state: StubState, body: dict[str, Any], chat: bool) -> Any:
     params = body.get("kv_transfer_params") or {}
     if params.get("do_remote_decode"):
         return _prefill_answer(state, body, chat)
-    prompts = _prompt_texts(body)
-    if params.get("do_remote_prefill"):
+    ids = prompt_ids(body)
+    if params.get("do_remote_prefill"):  # decode from the pulled KV, then this request's own later tokens
         state.pulled.append(params)
-        prompts = [params.get("stub_prompt", p) for p in prompts]  # every prompt decodes the pulled KV
-    outputs = _outputs(body, prompts)
+        kv = list(params.get("stub_prompt_ids") or [])
+        remote = params.get("remote_num_tokens", len(kv))
+        ids = [kv[:remote] + own[remote:] for own in ids]
+    outputs = _outputs(body, ids)
     if body.get("stream"):
         stream = _stream(outputs, chat, body, cut="CUTSTREAM" in text, delay_s=state.token_delay_s)
         return StreamingResponse(stream, media_type="text/event-stream")
-    return _unary(outputs, chat, body.get("n") or 1)
+    return _unary(outputs, chat, body)
 
 
 def _refusal(body: dict[str, Any]) -> tuple[str, str | None] | None:
@@ -197,54 +262,96 @@ def _refusal(body: dict[str, Any]) -> tuple[str, str | None] | None:
     return None
 
 
-def _outputs(body: dict[str, Any], prompts: list[str]) -> list[tuple[int, list[str]]]:
-    """(prompt tokens, generated tokens) per choice, in vLLM's order: prompt i, choice j at i * n + j."""
+Output = tuple[list[int], list[int]]  # (prompt ids, generated ids) of one choice
+
+
+def _outputs(body: dict[str, Any], ids_per_prompt: list[list[int]]) -> list[Output]:
+    """(prompt ids, generated ids) per choice, in vLLM's order: prompt i, choice j at i * n + j."""
     n = body.get("n") or 1
-    return [(len(prompt.split()), expected_tokens(body, prompt, choice=j)) for prompt in prompts for j in range(n)]
+    texts = _prompt_texts(body)
+    stop_first = ["STOPFIRST" in texts[i] if i < len(texts) else False for i in range(len(ids_per_prompt))]
+    return [(ids, generate(ids, body, choice=j, stop_first=stop_first[i]))
+            for i, ids in enumerate(ids_per_prompt) for j in range(n)]
 
 
 def _prefill_answer(state: StubState, body: dict[str, Any], chat: bool) -> JSONResponse:
     assert body["max_tokens"] == 1 and body["stream"] is False
-    prompts = _prompt_texts(body)
-    data = json.loads(_unary(_outputs(body, prompts), chat, body.get("n") or 1).body)
+    ids = prompt_ids(body)
+    data = json.loads(_unary(_outputs(body, ids), chat, body).body)
     if "NOKV" not in _prompt_text(body):  # vLLM: the first prompt's params only, for a whole batch
         data["kv_transfer_params"] = {"do_remote_prefill": True, "do_remote_decode": False,
                                       "remote_block_ids": [1, 2, 3], "remote_engine_id": state.engine_id,
-                                      "remote_host": "127.0.0.1", "remote_port": 5600, "stub_prompt": prompts[0]}
+                                      "remote_request_id": "stub-req", "remote_host": "127.0.0.1",
+                                      "remote_port": 5600, "remote_num_tokens": len(ids[0]),
+                                      "stub_prompt_ids": ids[0]}
     return JSONResponse(data)
 
 
-def _unary(outputs: list[tuple[int, list[str]]], chat: bool, n: int) -> JSONResponse:
+def _finish(generated: list[int], body: dict[str, Any]) -> str:
+    return "stop" if generated and generated[-1] == EOS else "length"
+
+
+def _unary(outputs: list[Output], chat: bool, body: dict[str, Any]) -> JSONResponse:
+    ids_asked = bool(body.get("return_token_ids"))
     choices = []
-    for index, (_, tokens) in enumerate(outputs):
-        text = "".join(tokens)
-        choices.append({"index": index, "message": {"role": "assistant", "content": text}, "finish_reason": "length"}
-                       if chat else {"index": index, "text": text, "finish_reason": "length"})
-    usage = _usage(outputs, n)
-    return JSONResponse({"id": "stub-1", "object": "chat.completion" if chat else "text_completion",
-                         "created": int(time.time()), "model": "stub-model", "choices": choices, "usage": usage})
+    for index, (prompt, generated) in enumerate(outputs):
+        text = "".join(word(t) for t in generated)
+        choice: dict[str, Any] = {"index": index, "finish_reason": _finish(generated, body),
+                                  "token_ids": generated if ids_asked else None}
+        if chat:
+            choice["message"] = {"role": "assistant", "content": text}
+        else:
+            choice.update(text=text, prompt_token_ids=prompt if ids_asked else None)
+        choices.append(choice)
+    data = {"id": "stub-1", "object": "chat.completion" if chat else "text_completion",
+            "created": int(time.time()), "model": "stub-model", "choices": choices,
+            "usage": _usage(outputs, body.get("n") or 1)}
+    if chat:
+        data["prompt_token_ids"] = outputs[0][0] if ids_asked else None
+    return JSONResponse(data)
 
 
-def _usage(outputs: list[tuple[int, list[str]]], n: int = 1) -> dict[str, int]:
-    prompt_tokens = sum(p for p, _ in outputs[::n])
-    completion_tokens = sum(len(tokens) for _, tokens in outputs)
+def _usage(outputs: list[Output], n: int = 1) -> dict[str, int]:
+    prompt_tokens = sum(len(p) for p, _ in outputs[::n])
+    completion_tokens = sum(len(generated) for _, generated in outputs)
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens}
 
 
-async def _stream(outputs: list[tuple[int, list[str]]], chat: bool, body: dict[str, Any], cut: bool,
-                  delay_s: float):
-    for i in range(max(len(tokens) for _, tokens in outputs)):
+def _chunk(data: dict[str, Any]) -> str:
+    return f"data: {json.dumps({'id': 'stub-1', 'model': 'stub-model', **data})}\n\n"
+
+
+async def _stream(outputs: list[Output], chat: bool, body: dict[str, Any], cut: bool, delay_s: float):
+    ids_asked = bool(body.get("return_token_ids"))
+    if chat:  # vLLM's chat streams open with the role, one chunk per choice
+        for index, (prompt, _) in enumerate(outputs):
+            role = {"choices": [{"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                                 "finish_reason": None}]}
+            yield _chunk({**role, **({"prompt_token_ids": prompt} if ids_asked else {})})
+    for i in range(max(len(generated) for _, generated in outputs)):
         if cut and i == 2:
             return
-        for index, (_, tokens) in enumerate(outputs):
-            if i < len(tokens):
-                delta = ({"index": index, "delta": {"content": tokens[i]}} if chat
-                         else {"index": index, "text": tokens[i]})
-                yield f"data: {json.dumps({'id': 'stub-1', 'model': 'stub-model', 'choices': [delta]})}\n\n"
+        for index, (prompt, generated) in enumerate(outputs):
+            if i < len(generated):
+                yield _chunk({"choices": [_stream_choice(index, prompt, generated, i, chat, body)]})
         await asyncio.sleep(delay_s)
     if (body.get("stream_options") or {}).get("include_usage"):
-        usage = _usage(outputs, body.get("n") or 1)
-        yield f"data: {json.dumps({'id': 'stub-1', 'choices': [], 'usage': usage})}\n\n"
+        yield _chunk({"choices": [], "usage": _usage(outputs, body.get("n") or 1)})
     yield "data: [DONE]\n\n"
     await asyncio.sleep(delay_s)  # and closes a pause later, as a busy server may
+
+
+def _stream_choice(index: int, prompt: list[int], generated: list[int], i: int, chat: bool,
+                   body: dict[str, Any]) -> dict[str, Any]:
+    last = i == len(generated) - 1
+    choice: dict[str, Any] = {"index": index, "finish_reason": _finish(generated, body) if last else None}
+    if chat:
+        choice["delta"] = {"content": word(generated[i])}
+    else:
+        choice["text"] = word(generated[i])
+    if body.get("return_token_ids"):
+        choice["token_ids"] = [generated[i]]
+        if not chat and i == 0:
+            choice["prompt_token_ids"] = prompt
+    return choice

@@ -12,7 +12,8 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from core.cluster_token import CLUSTER_TOKEN_ENV, MIDDLEWARE_IMPORT_PATH, ClusterTokenMiddleware, read_token
+from core.cluster_token import CLUSTER_TOKEN_ENV, ClusterTokenMiddleware, read_token
+from node.launch import MIDDLEWARE_IMPORT_PATH
 from core.errors import ConfigError
 from core.host import Platform
 from decode_node.role import ROLE as DECODE
@@ -101,8 +102,8 @@ def test_a_node_with_a_token_loads_the_middleware_and_passes_the_token_by_enviro
     cmd = config.vllm_command()
     assert cmd[cmd.index("--middleware") + 1] == MIDDLEWARE_IMPORT_PATH
     assert TOKEN not in " ".join(cmd) and config.vllm_env({})[CLUSTER_TOKEN_ENV] == TOKEN
-    open_config = _decode_node(config.model_dir, None)
-    assert "--middleware" not in open_config.vllm_command()
+    open_config = _decode_node(config.model_dir, None)  # loaded anyway (the release call); it checks no token
+    assert open_config.vllm_command().count("--middleware") == 1 and CLUSTER_TOKEN_ENV not in open_config.vllm_env({})
 
 
 def test_the_supervisor_info_needs_the_token_and_health_does_not(tmp_path: Path):

@@ -40,8 +40,13 @@ def test_disagg_runs_prefill_then_decode_with_kv_params(cluster):
     assert len(prefill.calls) == 1 and prefill.calls[0]["max_tokens"] == 1
     assert prefill.calls[0]["kv_transfer_params"]["do_remote_decode"] is True
     assert decode.pulled and decode.pulled[0]["remote_engine_id"] == "prefill-engine"
-    assert decode.calls[0]["max_tokens"] == 5 and decode.calls[0]["temperature"] == 0
-    assert resp.json()["usage"]["completion_tokens"] == 5
+    # the decode node continues from the prompt's ids + the prefill's first token, with one token less to make
+    first = prefill.calls[0]
+    assert first["return_token_ids"] is True
+    assert decode.calls[0]["max_tokens"] == 4 and decode.calls[0]["temperature"] == 0
+    assert isinstance(decode.calls[0]["prompt"], list) and len(decode.calls[0]["prompt"]) == 3  # 2 words + 1
+    assert resp.json()["usage"] == {"prompt_tokens": 2, "completion_tokens": 5, "total_tokens": 7}
+    assert resp.json()["choices"][0]["text"] == "".join(expected_tokens(_completion()))
     assert "prefill;dur=" in resp.headers["server-timing"]
 
 
@@ -55,7 +60,7 @@ def test_chat_stream_is_relayed_in_order_and_ends_with_done(cluster):
     assert lines[-1] == "data: [DONE]"
     chunks = [json.loads(line[5:]) for line in lines[:-1]]
     text = "".join(c["choices"][0]["delta"]["content"] for c in chunks if c["choices"])
-    assert text == "".join(expected_tokens(decode.calls[0]))
+    assert text == "".join(expected_tokens(body))
     assert chunks[-1]["usage"]["completion_tokens"] == 4
     assert decode.calls[0]["stream"] is True and decode.pulled
 
@@ -120,9 +125,8 @@ def test_what_openai_accepts_and_vllm_refuses_is_vllms_400_and_no_kv_is_left(clu
     assert resp.status_code == 400, resp.text
     err = resp.json()["error"]
     assert err["type"] == "invalid_request_error" and err["param"] == param and err["code"] == "invalid_value"
-    if decode.calls:  # refused by the decode node after a prefill: the prefilled KV is pulled, so freed
-        assert wait_for(lambda: len(decode.calls) == 2 and len(decode.pulled) == 1)
-        assert decode.calls[-1]["max_tokens"] == 1
+    if decode.calls:  # refused by the decode node after a prefill: the prefilled KV is released
+        assert wait_for(lambda: len(decode.released) == 1) and len(decode.calls) == 1
     assert wait_for(lambda: prefill.active == decode.active == 0)
 
 
