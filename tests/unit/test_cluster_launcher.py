@@ -15,7 +15,7 @@ import pytest
 
 from deploy import cluster_file
 from deploy.cluster import Cluster, up
-from deploy.host_agent import _start_ticks
+from deploy.host_components import start_ticks as _start_ticks
 from deploy.remote import Host, HostError
 from core.errors import ConfigError
 from tests.support.threaded_server import free_port
