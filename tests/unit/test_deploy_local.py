@@ -237,3 +237,12 @@ def test_attached_components_die_with_the_launcher(tmp_path):
     launcher.send_signal(signal.SIGKILL)
     launcher.wait()
     assert _wait_for(lambda: not _running(component)), "an attached component outlived its launcher"
+
+
+def test_local_options_with_a_cluster_file_are_refused(tmp_path):
+    from core.errors import ConfigError
+    from disagg.cli import build_parser
+
+    args = build_parser().parse_args(["up", str(tmp_path / "c.toml"), "--port", "9000", "--no-prefix-caching"])
+    with pytest.raises(ConfigError, match=r"options of --local given \(port, prefix_caching\)"):
+        args.func(args)
