@@ -207,7 +207,7 @@ def run_local(args: argparse.Namespace, seed: int, tokenizer: datasets.Tokenizer
                     run.notes.append(f"colocated baseline: the decode node of the {transport} cluster alone")
                     run.measure(Target(COLOCATED, cluster.baseline_url))
                 run.measure(Target(transport, cluster.router_url, cluster.decode_vllm_url))
-        except local_cluster.ClusterStartError as exc:
+        except local_cluster.ClusterFailed as exc:
             log.error("the %s cluster did not start: %s", transport, exc)
             run.not_measured.append(f"{transport}: its cluster did not start (logs in {log_dir})")
     return run

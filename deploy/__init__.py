@@ -1,1 +1,1 @@
-"""Deployment: local clusters (processes on this host) and, later, two-host clusters over ssh."""
+"""Deployment: one launcher for clusters on one host (`up --local`) or several (a cluster file, over ssh)."""

@@ -1,9 +1,12 @@
-"""A cluster from a cluster file: `up` (check, start over ssh, wait until healthy), `down`, `status`, `logs`.
+"""A cluster, from a cluster file or `up --local`: `up` (check every host, start, wait until healthy),
+`watch`, `stop`, `status`.
 
-Each component runs detached on its host, with its pid and log under the cluster's run folder there
-(see deploy/host_agent.py), so `disagg up FILE` returns once the cluster is healthy and `disagg down FILE`
-stops it later from any shell. `up` starts only what is not already running; if anything fails to come
-up, it stops what it started.
+Each component runs on its host with its pid and log under the cluster's run folder there (see
+deploy/host_agent.py). A cluster made with `attached=False` (`disagg up FILE`) runs detached: `up` returns
+once it is healthy and `disagg down FILE` stops it later from any shell, and `up` starts only what is not
+already running. An attached cluster (`disagg up --local`, bench, the integration tests) runs on this
+machine and dies with the process that started it; it refuses to adopt components already running.
+If anything fails to come up, `up` stops what it started.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from deploy import cluster_plan, preflight
+from deploy import cluster_plan, preflight, signals
 from deploy.cluster_file import ClusterSpec
 from deploy.cluster_plan import Component
 from deploy.progress import StartupProgress
@@ -23,7 +26,7 @@ from deploy.remote import Host, HostError, hosts_of
 from core.errors import ConfigError
 
 log = logging.getLogger(__name__)
-LIVENESS_INTERVAL_S = 5.0  # how often `up` asks the hosts whether the processes still run
+LIVENESS_INTERVAL_S = {True: 1.0, False: 5.0}  # how often to ask the hosts (all local: True) what still runs
 STOP_GRACE_S = 40.0
 
 
@@ -33,13 +36,18 @@ class ClusterFailed(Exception):
 
 @dataclass(frozen=True)
 class Cluster:
+    """A spec, its hosts and its components in start order; `attached`: components on this machine die
+    with this process (see the module docstring)."""
+
     spec: ClusterSpec
     hosts: dict[str, Host]
     components: tuple[Component, ...]
+    attached: bool = False
 
     @classmethod
-    def of(cls, spec: ClusterSpec) -> "Cluster":
-        return cls(spec, hosts_of(spec), tuple(cluster_plan.plan(spec)))
+    def of(cls, spec: ClusterSpec, *, attached: bool = False) -> "Cluster":
+        """The cluster `spec` describes; ConfigError when a node's settings are invalid."""
+        return cls(spec, hosts_of(spec, attached=attached), tuple(cluster_plan.plan(spec)), attached)
 
     def host(self, component: Component) -> Host:
         return self.hosts[component.host]
@@ -66,6 +74,9 @@ def up(cluster: Cluster) -> list[Component]:
     if found.problems:
         raise ConfigError(f"cannot start cluster {cluster.spec.name!r}; nothing was started:\n  - "
                           + "\n  - ".join(found.problems))
+    if found.running and cluster.attached:
+        running = ", ".join(f"{name} (pid {pid})" for name, pid in found.running.items())
+        raise ConfigError(f"already running from {cluster.spec.cluster_run_dir}: {running}; nothing was started")
     for name, pid in found.running.items():
         log.info("%s already runs on %s (pid %d)", name, cluster.host(cluster.component(name)).where, pid)
     todo = [c for c in cluster.components if c.name not in found.running]
@@ -81,15 +92,19 @@ def up(cluster: Cluster) -> list[Component]:
                      answer["pid"], answer["log"])
         wait_healthy(cluster, cluster.spec.ready_timeout_s)
     except BaseException:
-        log.error("stopping what this `up` started")
-        stop(cluster, started)
+        with signals.deferred():  # a second Ctrl-C must not cut the clean-up short
+            log.error("stopping what this `up` started")
+            stop(cluster, started)
         raise
     return started
 
 
 def wait_healthy(cluster: Cluster, timeout_s: float) -> None:
+    """Poll every component's health URL until all answer 200, showing progress; ClusterFailed as soon as
+    one has exited (asked of its host) or when `timeout_s` has passed."""
     progress = StartupProgress()
     started_s = last_liveness_s = time.monotonic()
+    interval_s = LIVENESS_INTERVAL_S[all(host.is_local for host in cluster.hosts.values())]
     ready: set[str] = set()
     try:
         with httpx.Client(timeout=2.0) as client:
@@ -102,8 +117,10 @@ def wait_healthy(cluster: Cluster, timeout_s: float) -> None:
                 if elapsed_s > timeout_s:
                     missing = ", ".join(c.name for c in cluster.components if c.name not in ready)
                     raise ClusterFailed(f"not healthy after {timeout_s:.0f} s: {missing}")
-                if time.monotonic() - last_liveness_s >= LIVENESS_INTERVAL_S:
-                    _raise_if_dead(cluster, [c for c in cluster.components if c.name not in ready])
+                if time.monotonic() - last_liveness_s >= interval_s:
+                    for component in exited(cluster, [c for c in cluster.components if c.name not in ready]):
+                        raise ClusterFailed(f"{component.name} on {cluster.host(component).where} exited while "
+                                            f"starting; last lines of its log:\n{log_tail(cluster, component)}")
                     last_liveness_s = time.monotonic()
                 time.sleep(1.0)
     finally:
@@ -118,28 +135,30 @@ def _healthy(client: httpx.Client, url: str) -> bool:
         return False
 
 
-def _raise_if_dead(cluster: Cluster, components: list[Component]) -> None:
-    """One `disagg host status` per host for all its components."""
+def exited(cluster: Cluster, components: list[Component] | tuple[Component, ...]) -> list[Component]:
+    """Those of `components` whose process no longer runs (one `disagg host status` per host)."""
     pids: dict[str, int | None] = {}
     for host_name in {c.host for c in components}:
         names = [arg for c in components if c.host == host_name for arg in ("--name", c.name)]
         answer = cluster.hosts[host_name].agent(["status", "--run-dir", cluster.spec.cluster_run_dir, *names],
                                                 timeout_s=cluster.spec.ssh.connect_timeout_s + 60)
         pids.update({name: row["pid"] for name, row in answer["components"].items()})
-    for component in components:
-        if pids.get(component.name) is None:
-            raise ClusterFailed(f"{component.name} on {cluster.host(component).where} exited while starting; "
-                                f"last lines of its log:\n{log_tail(cluster, component)}")
+    return [c for c in components if pids.get(c.name) is None]
+
+
+def watch(cluster: Cluster) -> Component:
+    """Block until a component of the running cluster exits; return it (Ctrl-C: KeyboardInterrupt)."""
+    interval_s = LIVENESS_INTERVAL_S[all(host.is_local for host in cluster.hosts.values())]
+    while True:
+        gone = exited(cluster, cluster.components)
+        if gone:
+            return gone[0]
+        time.sleep(interval_s)
 
 
 def log_tail(cluster: Cluster, component: Component, num_lines: int = 20) -> str:
-    host = cluster.host(component)
-    argv = [*host.disagg, "host", "logs", "--run-dir", cluster.spec.cluster_run_dir, "--name", component.name,
-            "--lines", str(num_lines)]
-    try:
-        return host.run(argv, timeout_s=30).stdout.decode(errors="replace")
-    except HostError as exc:
-        return f"(log not readable: {exc})"
+    """The last lines of a component's log, read on its host."""
+    return cluster.host(component).log_tail(cluster.spec.cluster_run_dir, component.name, num_lines)
 
 
 def stop(cluster: Cluster, components: list[Component] | tuple[Component, ...]) -> list[str]:

@@ -7,12 +7,11 @@ import logging
 import subprocess
 from pathlib import Path
 
-from deploy import cluster_file, cluster_plan
+from deploy import cluster_file, cluster_plan, signals
 from deploy.cluster import Cluster, ClusterFailed, status, stop, up
 from core.errors import ConfigError
 
 log = logging.getLogger(__name__)
-ROLES = ("prefill", "decode", "router", "baseline")
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -29,7 +28,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     logs = sub.add_parser("logs", help="print (or follow) one component's log from its host",
                           description="Print the last lines of a component's log, read on the host it runs on.")
     logs.add_argument("file", type=Path, help="cluster file (TOML)")
-    logs.add_argument("role", choices=ROLES, help="which component")
+    logs.add_argument("role", metavar="COMPONENT",
+                      help="which component: prefill, decode, router, baseline (several nodes: prefill-1, ...)")
     logs.add_argument("-n", "--lines", type=int, default=50, help="how many lines (default: 50)")
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines until Ctrl-C")
     logs.set_defaults(func=run_logs)
@@ -44,9 +44,7 @@ def run_up_file(args: argparse.Namespace) -> int:
         from deploy.installer import install
 
         install(cluster)
-    from deploy.local import raise_on_sigterm
-
-    raise_on_sigterm()  # SIGTERM, like Ctrl-C, stops what this `up` started
+    signals.raise_on_sigterm()  # SIGTERM, like Ctrl-C, stops what this `up` started
     try:
         started = up(cluster)
     except ClusterFailed as exc:
@@ -57,8 +55,9 @@ def run_up_file(args: argparse.Namespace) -> int:
         return 130
     spec = cluster.spec
     state = "ready" if started else "already running"
+    transport = spec.transport if spec.mode == "disagg" else "none: colocated"
     print(f"cluster {spec.name!r} {state}: {cluster_plan.endpoint(spec)}/v1  (model: {spec.model}, "
-          f"transport: {spec.transport})")
+          f"transport: {transport})")
     if spec.router.baseline_port:
         print(f"colocated baseline: {cluster_plan.endpoint(spec, spec.router.baseline_port)}/v1")
     print(f"stop it with: disagg down {args.file}", flush=True)

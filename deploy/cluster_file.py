@@ -1,11 +1,11 @@
-"""The cluster file: a TOML description of a two-node cluster (hosts, roles, ports, engine settings).
+"""The cluster file: a TOML description of a cluster (hosts, nodes, router, engine settings).
 
 `load(path)` reads and validates it; every error names the file, the field and what is wrong, e.g.
 `spark.toml: prefill.host: 'spark-03' is not in [hosts] (known: spark-01, spark-02)`. The schema:
 
     name = "spark-pair"                    # names the run folder on each host
-    model = "~/models/Llama-3.1-8B-Instruct"   # a Hugging Face folder, at this path on both node hosts
-    transport = "nixl"                     # nixl | tcp | auto
+    model = "~/models/Llama-3.1-8B-Instruct"   # a Hugging Face folder, at this path on every node host
+    transport = "nixl"                     # a transport of transport/registry.py: nixl | tcp | auto
     token_file = "~/.config/disagg/cluster-token"   # the cluster token, at this path on every host (optional)
     [ssh]       user, port, identity_file, options = ["Key=Value", ...], connect_timeout_s
     [hosts.NAME] address (HTTP), kv_address (KV link; default: address), kv_bind (tcp: what the KV server
@@ -13,26 +13,39 @@
                 disagg (its path there), env = {UCX_NET_DEVICES = "..."}
     [prefill]   host, port, info_port, kv_port, cpu_cores      (and [decode], the same)
     [router]    host ("local": the machine running `disagg up`), bind, port, baseline_port
-    [engine]    max_model_len, dtype, prefix_caching, kv_buffer_device, kv_cache_gib, kv_lease_s,
-                kv_transfer_timeout_s, vllm_args
+    [engine]    the fields of node.settings.EngineSettings: max_model_len, dtype, prefix_caching,
+                kv_buffer_device, kv_cache_gib, kv_lease_s, kv_transfer_timeout_s, restart_on_crash, vllm_args
 
-See deploy/examples/ for complete files.
+`[prefill]` and `[decode]` are tables (one node) or arrays of tables (`[[prefill]]`, several nodes, each
+with its own ports); the nodes are then called `prefill-1`, `prefill-2`, ... (one alone is `prefill`).
+Without `[prefill]` the cluster is colocated: decode nodes without a KV transport, a colocated router.
+A node's default ports are its role's (`prefill_node.role`, `decode_node.role`); the router's are
+`router.config`'s. See deploy/examples/ for complete files.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
 import tomllib
 from pathlib import Path
-from typing import Literal
+from types import SimpleNamespace
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from core.errors import ConfigError
+from core.settings_flags import describe_validation_error
+from decode_node.role import ROLE as DECODE
+from node.settings import EngineSettings
+from prefill_node.role import ROLE as PREFILL
+from router.config import RouterConfig
 from transport import registry
 
 LOCAL = "local"  # the router's host when it runs on the machine that runs `disagg up`
+ROLES = ("prefill", "decode")
+ROUTER_PORT = {f.name: f.default for f in dataclasses.fields(RouterConfig)}["port"]
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 _HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -51,6 +64,11 @@ def _check_address(value: str | None) -> str | None:
         if not _HOSTNAME.match(value):
             raise ValueError(f"{value!r} is neither an IP address nor a host name") from None
     return value
+
+
+def node_name(role: str, index: int, count: int) -> str:
+    """A node's component name: the role when it is the only one, else `role-N` (N from 1)."""
+    return role if count == 1 else f"{role}-{index + 1}"
 
 
 class SshSettings(_Strict):
@@ -106,6 +124,8 @@ class HostSpec(_Strict):
 
 
 class NodeSpec(_Strict):
+    """One node: its host (a name in [hosts]), its ports (vLLM, /info + /health, KV) and CPU cores."""
+
     host: str
     port: int = Field(ge=1, le=65535)
     info_port: int = Field(ge=1, le=65535)
@@ -118,22 +138,22 @@ class NodeSpec(_Strict):
 
 
 class PrefillSpec(NodeSpec):
-    port: int = Field(default=8100, ge=1, le=65535)
-    info_port: int = Field(default=8101, ge=1, le=65535)
-    kv_port: int = Field(default=5601, ge=1, le=65535)
+    port: int = Field(default=PREFILL.defaults.port, ge=1, le=65535)
+    info_port: int = Field(default=PREFILL.defaults.info_port, ge=1, le=65535)
+    kv_port: int = Field(default=PREFILL.defaults.kv_port, ge=1, le=65535)
 
 
 class DecodeSpec(NodeSpec):
-    port: int = Field(default=8200, ge=1, le=65535)
-    info_port: int = Field(default=8201, ge=1, le=65535)
-    kv_port: int = Field(default=5602, ge=1, le=65535)
+    port: int = Field(default=DECODE.defaults.port, ge=1, le=65535)
+    info_port: int = Field(default=DECODE.defaults.info_port, ge=1, le=65535)
+    kv_port: int = Field(default=DECODE.defaults.kv_port, ge=1, le=65535)
 
 
 class RouterSpec(_Strict):
     host: str = LOCAL
     bind: str | None = None  # default: the host's address (127.0.0.1 for local)
-    port: int = Field(default=8000, ge=1, le=65535)
-    baseline_port: int | None = Field(default=None, ge=1, le=65535)  # a colocated router on the decode node
+    port: int = Field(default=ROUTER_PORT, ge=1, le=65535)
+    baseline_port: int | None = Field(default=None, ge=1, le=65535)  # a colocated router on the decode nodes
 
     _bind = field_validator("bind")(_check_address)
 
@@ -142,42 +162,39 @@ class RouterSpec(_Strict):
         return (self.port,) if self.baseline_port is None else (self.port, self.baseline_port)
 
 
-class EngineSpec(_Strict):
-    """Settings passed to vLLM on both nodes."""
-
-    max_model_len: int = Field(default=2048, ge=16)
-    dtype: str | None = None  # default: float32 on CPU hosts, auto on GPUs
-    prefix_caching: bool = True
-    kv_buffer_device: Literal["auto", "cpu", "cuda"] = "auto"
-    kv_cache_gib: int = Field(default=1, ge=1)
-    kv_lease_s: float = Field(default=30.0, ge=1, le=3600)
-    kv_transfer_timeout_s: float = Field(default=30.0, ge=0.1, le=3600)  # tcp: one pull, before recompute
-    vllm_args: tuple[str, ...] = ()
-
-
 class ClusterSpec(_Strict):
+    """A whole cluster. `prefill` and `decode` hold one entry per node (no prefill node: colocated)."""
+
     name: str = Field(pattern=_NAME)
     model: str = Field(min_length=1)
     served_model_name: str | None = None
-    transport: str = "nixl"  # a registered transport with a KV connector, or auto (`_transport_name`)
+    transport: str = "nixl"  # a name of transport.registry.choices()
     run_dir: str | None = None  # pids and logs on each host (default: ~/.cache/disagg/clusters/NAME)
     token_file: str | None = None  # the cluster token, at this path on every host (none: nodes are open)
     ready_timeout_s: float = Field(default=900.0, gt=0)
     ssh: SshSettings = SshSettings()
     hosts: dict[str, HostSpec] = Field(min_length=1)
-    prefill: PrefillSpec
-    decode: DecodeSpec
+    prefill: tuple[PrefillSpec, ...] = ()
+    decode: tuple[DecodeSpec, ...] = Field(min_length=1)
     router: RouterSpec = RouterSpec()
-    engine: EngineSpec = EngineSpec()
+    engine: EngineSettings = EngineSettings()
+
+    @field_validator("prefill", "decode", mode="before")
+    @classmethod
+    def _table_or_array(cls, value: Any) -> Any:
+        return [value] if isinstance(value, dict) else value
 
     @field_validator("transport")
     @classmethod
     def _transport_name(cls, name: str) -> str:
-        """One of `transport.registry.connectors()` or auto, asked when the file is validated."""
+        """A registered transport with a KV connector (`transport.registry.connectors()`) or auto, asked when the
+        file is validated (a colocated cluster, without [prefill], needs none whatever this says)."""
         accepted = (*registry.connectors(), registry.AUTO)
+        if name == "none":
+            raise ValueError("'none' moves no KV; a cluster with prefill nodes needs a transport (a colocated "
+                             "cluster, without [prefill], needs none)")
         if name not in accepted:
-            quoted = [repr(choice) for choice in accepted]
-            raise ValueError(f"Input should be {', '.join(quoted[:-1])} or {quoted[-1]}")
+            raise ValueError(f"unknown transport {name!r}; known: {', '.join(accepted)}")
         return name
 
     @field_validator("hosts")
@@ -196,30 +213,41 @@ class ClusterSpec(_Strict):
         return path
 
     @model_validator(mode="after")
-    def _kv_bind_needs_tcp(self) -> "ClusterSpec":
+    def _transport_fits(self) -> "ClusterSpec":
+        if not self.prefill and self.router.baseline_port is not None:
+            raise ValueError("router.baseline_port: a colocated cluster (no [prefill]) is its own baseline")
         for name, host in self.hosts.items():
-            if self.transport != "tcp" and host.kv_bind_address != host.kv:
+            if self.prefill and self.transport != "tcp" and host.kv_bind_address != host.kv:
                 raise ValueError(f"hosts.{name}.kv_bind: {host.kv_bind!r} differs from the KV address {host.kv!r}, "
                                  f"which needs transport = \"tcp\" (nixl binds the address it advertises"
                                  f"{'; auto may pick nixl' if self.transport == 'auto' else ''})")
         return self
 
     @model_validator(mode="after")
-    def _roles_and_ports(self) -> "ClusterSpec":
-        for role in ("prefill", "decode", "router"):
-            host = getattr(self, role).host
-            if host not in self.hosts and not (role == "router" and host == LOCAL):
-                known = ", ".join(sorted(self.hosts))
-                raise ValueError(f"{role}.host: {host!r} is not in [hosts] (known: {known})")
+    def _hosts_and_ports(self) -> "ClusterSpec":
+        owners = [(name, node.host, node.ports) for name, _, node in self.nodes()]
+        owners.append(("router", self.router.host, self.router.ports))
+        for owner, host, _ in owners:
+            if host not in self.hosts and not (owner == "router" and host == LOCAL):
+                raise ValueError(f"{owner}.host: {host!r} is not in [hosts] (known: {', '.join(sorted(self.hosts))})")
         used: dict[tuple[str, int], str] = {}
-        for role, ports in (("prefill", self.prefill.ports), ("decode", self.decode.ports),
-                            ("router", self.router.ports)):
-            host = getattr(self, role).host
+        for owner, host, ports in owners:
             for port in ports:
-                other = used.setdefault((self.machine(host), port), role)
-                if other != role or ports.count(port) > 1:
-                    raise ValueError(f"{role}: port {port} on host {host!r} is also used by {other}")
+                other = used.setdefault((self.machine(host), port), owner)
+                if other != owner or ports.count(port) > 1:
+                    raise ValueError(f"{owner}: port {port} on host {host!r} is also used by {other}")
         return self
+
+    def nodes(self) -> list[tuple[str, str, NodeSpec]]:
+        """(component name, role, node) for every node, prefill nodes first."""
+        return [(node_name(role, i, len(specs)), role, spec)
+                for role, specs in (("prefill", self.prefill), ("decode", self.decode))
+                for i, spec in enumerate(specs)]
+
+    @property
+    def mode(self) -> str:
+        """The router's mode: `disagg` with prefill nodes, else `colocated`."""
+        return "disagg" if self.prefill else "colocated"
 
     def machine(self, host: str) -> str:
         """Hosts marked `local` and the router's "local" are the same machine."""
@@ -240,18 +268,23 @@ def load(path: Path) -> ClusterSpec:
         raise ConfigError(f"cluster file {path}: cannot read it: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return validate(data, f"{path}: ")
+
+
+def validate(data: dict[str, Any], prefix: str) -> ClusterSpec:
+    """A cluster spec from a cluster file's data; ConfigError `prefix field: problem; ...`, where a node's
+    fields are named by the node (`decode.port`, `prefill-2.host`), however the file wrote it."""
     try:
         return ClusterSpec.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"{path}: " + "; ".join(_describe(err) for err in exc.errors())) from None
+        counts = {role: len(value) if isinstance(value, list) else 1
+                  for role, value in data.items() if role in ROLES}
+        errors = [{**error, "loc": _node_loc(error["loc"], counts)} for error in exc.errors()]
+        raise describe_validation_error(SimpleNamespace(errors=lambda: errors), prefix) from None
 
 
-def _describe(error: dict) -> str:
-    """One pydantic error as `field.path: what is wrong`."""
-    loc = ".".join(str(part) for part in error["loc"])
-    message = error["msg"].removeprefix("Value error, ")
-    if error["type"] == "extra_forbidden":
-        message = "unknown field (a typo?)"
-    elif error["type"] == "missing":
-        message = "required field is missing"
-    return f"{loc}: {message}" if loc else message
+def _node_loc(loc: tuple, counts: dict[str, int]) -> tuple:
+    """("decode", 0, "port") -> ("decode", "port"); ("prefill", 1, "host") -> ("prefill-2", "host")."""
+    if len(loc) >= 2 and loc[0] in counts and isinstance(loc[1], int):
+        return (node_name(loc[0], loc[1], counts[loc[0]]), *loc[2:])
+    return loc

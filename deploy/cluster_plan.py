@@ -1,25 +1,42 @@
-"""From a cluster file to the components to run: which host, which `disagg` arguments, which ports,
-which health URL. The nodes get their HTTP address as bind address (the router calls it) and their KV
-address as `--kv-host` (the other node pulls from it; `--kv-bind-host` when the host sets `kv_bind`); the
-host's `env` goes to its vLLM server. With a `token_file`, every node and router gets
-`--cluster-token-file` (the path, read on the host it runs on)."""
+"""From a cluster spec to the components to run: which host, which `disagg` arguments, which ports, which
+health URL.
+
+A node's command is `disagg ROLE --settings JSON`: its whole `node.settings.NodeSettings`, built here once
+from the spec. A node gets its host's HTTP address as bind address (the router calls it), its host's KV
+address as `kv_host` (the other nodes pull from it; `kv_bind_host` when the host sets `kv_bind`), the
+first node of the other role's KV address as `kv_peer` (what `transport = "auto"` judges), its host's
+`env` (for its vLLM server), the `[engine]` settings and, with a `token_file`, that path as
+`cluster_token_file`. Routers get `--cluster-token-file`. A cluster without prefill nodes is colocated:
+its decode nodes run without a KV transport and its router in colocated mode.
+"""
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from deploy.cluster_file import LOCAL, ClusterSpec, NodeSpec
+from deploy.cluster_file import LOCAL, ClusterSpec, HostSpec, NodeSpec
+from node.settings import NodeSettings
 
 
 @dataclass(frozen=True)
 class Component:
-    name: str  # prefill | decode | router | baseline
-    host: str  # a host name in the file, or "local"
-    args: tuple[str, ...]  # `disagg` arguments
-    address: str  # where the launching machine reaches its HTTP server
-    binds: tuple[tuple[str, int, str], ...]  # (address, port, the cluster-file field that set the port)
+    """One process of a cluster.
+
+    `name`: unique in the cluster (`prefill`, `decode-2`, `router`, `baseline`); `role`: `prefill`,
+    `decode`, `router` or `baseline`; `host`: a host name of the spec, or "local"; `args`: its `disagg`
+    arguments; `address`: where the launching machine reaches its HTTP server; `binds`: (address, port,
+    the cluster-file field that set the port) for every port it listens on; `settings`: a node's settings
+    (what `args` carries as JSON), None for a router.
+    """
+
+    name: str
+    host: str
+    args: tuple[str, ...]
+    address: str
+    binds: tuple[tuple[str, int, str], ...]
     health_port: int
+    role: str
+    settings: NodeSettings | None = field(default=None, compare=True, repr=False)
 
     @property
     def health_url(self) -> str:
@@ -27,35 +44,32 @@ class Component:
 
     @property
     def is_node(self) -> bool:
-        return self.name in ("prefill", "decode")
+        return self.role in ("prefill", "decode")
 
 
 def plan(spec: ClusterSpec) -> list[Component]:
-    """Components in start order: nodes, then routers (stopped in reverse)."""
-    prefill, decode = _node(spec, "prefill"), _node(spec, "decode")
-    prefill_url = f"http://{_url_host(prefill.address)}:{spec.prefill.info_port}"
-    decode_url = f"http://{_url_host(decode.address)}:{spec.decode.info_port}"
-    bind, reach, token = router_address(spec), _router_reach(spec), _token_args(spec)
-    components = [prefill, decode, Component(
-        name="router", host=spec.router.host, address=reach, binds=((bind, spec.router.port, "router.port"),),
-        health_port=spec.router.port,
-        args=("router", "--mode", "disagg", "--prefill", prefill_url, "--decode", decode_url,
-              "--host", bind, "--port", str(spec.router.port), *token))]
+    """Components in start order: nodes (prefill first), then routers (stopped in reverse)."""
+    nodes = [_node(spec, name, role, node) for name, role, node in spec.nodes()]
+    urls = {"prefill": [], "decode": []}
+    for component, (_, role, node) in zip(nodes, spec.nodes()):
+        urls[role] += [f"--{role}", f"http://{_url_host(component.address)}:{node.info_port}"]
+    routers = [_router(spec, "router", spec.router.port, spec.mode, (*urls["prefill"], *urls["decode"]))]
     if spec.router.baseline_port is not None:
-        port = spec.router.baseline_port
-        components.append(Component(
-            name="baseline", host=spec.router.host, address=reach, binds=((bind, port, "router.baseline_port"),),
-            health_port=port,
-            args=("router", "--mode", "colocated", "--decode", decode_url, "--host", bind, "--port", str(port),
-                  *token)))
-    return components
+        routers.append(_router(spec, "baseline", spec.router.baseline_port, "colocated", tuple(urls["decode"])))
+    return [*nodes, *routers]
 
 
-def _token_args(spec: ClusterSpec) -> tuple[str, ...]:
-    return ("--cluster-token-file", spec.token_file) if spec.token_file else ()
+def _router(spec: ClusterSpec, name: str, port: int, mode: str, node_urls: tuple[str, ...]) -> Component:
+    bind = router_address(spec)
+    token = ("--cluster-token-file", spec.token_file) if spec.token_file else ()
+    field_name = "router.port" if name == "router" else "router.baseline_port"
+    return Component(name=name, role=name, host=spec.router.host, address=_router_reach(spec),
+                     binds=((bind, port, field_name),), health_port=port,
+                     args=("router", "--mode", mode, *node_urls, "--host", bind, "--port", str(port), *token))
 
 
 def router_address(spec: ClusterSpec) -> str:
+    """The address the routers bind."""
     if spec.router.bind:
         return spec.router.bind
     return "127.0.0.1" if spec.router.host == LOCAL else spec.hosts[spec.router.host].address
@@ -74,35 +88,27 @@ def endpoint(spec: ClusterSpec, port: int | None = None) -> str:
     return f"http://{_url_host(_router_reach(spec))}:{port or spec.router.port}"
 
 
-def _node(spec: ClusterSpec, role: str) -> Component:
-    node: NodeSpec = getattr(spec, role)
-    peer: NodeSpec = spec.decode if role == "prefill" else spec.prefill
-    host, peer_host = spec.hosts[node.host], spec.hosts[peer.host]
-    engine = spec.engine
-    args = [role, "--model", spec.model, "--transport", spec.transport, "--kv-peer", peer_host.kv,
-            "--host", host.address, "--port", str(node.port), "--info-port", str(node.info_port),
-            "--kv-host", host.kv, "--kv-port", str(node.kv_port), "--kv-lease-s", str(engine.kv_lease_s),
-            "--kv-transfer-timeout-s", str(engine.kv_transfer_timeout_s),
-            "--kv-buffer-device", engine.kv_buffer_device, "--kv-cache-gib", str(engine.kv_cache_gib),
-            "--max-model-len", str(engine.max_model_len), *_token_args(spec)]
-    if host.kv_bind:
-        args += ["--kv-bind-host", host.kv_bind]
-    if spec.served_model_name:
-        args += ["--served-model-name", spec.served_model_name]
-    if node.cpu_cores:
-        args += ["--cpu-cores", node.cpu_cores]
-    if engine.dtype:
-        args += ["--dtype", engine.dtype]
-    if not engine.prefix_caching:
-        args.append("--no-prefix-caching")
-    for key, value in sorted(host.env.items()):
-        args += ["--env", f"{key}={value}"]
-    if engine.vllm_args:
-        args += ["--vllm-args", json.dumps(list(engine.vllm_args))]
-    binds = ((host.address, node.port, f"{role}.port"), (host.address, node.info_port, f"{role}.info_port"),
-             (host.kv_bind_address, node.kv_port, f"{role}.kv_port"))
-    return Component(name=role, host=node.host, args=tuple(args), address=host.address, binds=binds,
-                     health_port=node.info_port)
+def node_settings(spec: ClusterSpec, role: str, node: NodeSpec) -> NodeSettings:
+    """One node's settings, as its process gets them; ConfigError names the field."""
+    host = spec.hosts[node.host]
+    peers = spec.decode if role == "prefill" else spec.prefill
+    values = dict(role=role, model=spec.model, served_model_name=spec.served_model_name,
+                  transport=spec.transport if spec.prefill else "none", host=host.address, port=node.port,
+                  info_port=node.info_port, kv_host=host.kv, kv_bind_host=host.kv_bind, kv_port=node.kv_port,
+                  cpu_cores=node.cpu_cores, env=dict(host.env), cluster_token_file=spec.token_file,
+                  engine=spec.engine)
+    if peers:
+        values["kv_peer"] = spec.hosts[peers[0].host].kv
+    return NodeSettings.build(**{k: v for k, v in values.items() if v is not None})
+
+
+def _node(spec: ClusterSpec, name: str, role: str, node: NodeSpec) -> Component:
+    host: HostSpec = spec.hosts[node.host]
+    settings = node_settings(spec, role, node)
+    binds = ((host.address, node.port, f"{name}.port"), (host.address, node.info_port, f"{name}.info_port"),
+             (host.kv_bind_address, node.kv_port, f"{name}.kv_port"))
+    return Component(name=name, role=role, host=node.host, args=(role, "--settings", settings.to_json()),
+                     address=host.address, binds=binds, health_port=node.info_port, settings=settings)
 
 
 def _url_host(address: str) -> str:

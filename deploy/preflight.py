@@ -1,8 +1,9 @@
-"""Checks before `disagg up FILE` starts anything: every host answers, runs the same disagg as this
-machine, node hosts have a supported vLLM (the same on both) and the model folder, every address is the
-host's own, every port is free and, with a `token_file`, that file holds a token (the same on every host)
-readable by its owner only. All problems are collected and reported together, each naming its
-host; components already running (a second `up`) are reported as such, and their ports are not busy."""
+"""Checks before `disagg up` (a cluster file or --local) starts anything: every host answers, runs the same
+disagg as this machine, node hosts have a supported vLLM (the same on all of them) and the model folder,
+every address is the host's own, every port is free and, with a `token_file`, that file holds a token (the
+same on every host) readable by its owner only. All problems are collected and reported together, each
+naming its host; components already running (a second `up`) are reported as such, and their ports are not
+busy."""
 
 from __future__ import annotations
 
@@ -123,8 +124,10 @@ def _token_mismatch(spec: ClusterSpec, hosts: dict[str, Host], reports: dict[str
 
 
 def _vllm_mismatch(spec: ClusterSpec, reports: dict[str, dict]) -> list[str]:
-    versions = {role: reports.get(getattr(spec, role).host, {}).get("vllm") for role in ("prefill", "decode")}
-    if None in versions.values() or versions["prefill"] == versions["decode"]:
+    """Node hosts with different vLLM versions (the KV connector API changes between releases)."""
+    node_hosts = list(dict.fromkeys(node.host for _, _, node in spec.nodes()))
+    versions = {host: reports.get(host, {}).get("vllm") for host in node_hosts}
+    if None in versions.values() or len(set(versions.values())) < 2:
         return []
-    return [f"vLLM differs between the nodes: {spec.prefill.host} has {versions['prefill']}, "
-            f"{spec.decode.host} has {versions['decode']} (the KV connector API changes between releases)"]
+    described = ", ".join(f"{host} has {version}" for host, version in versions.items())
+    return [f"vLLM differs between the nodes: {described} (the KV connector API changes between releases)"]

@@ -1,7 +1,9 @@
-"""A host of a cluster as the launcher reaches it: over ssh, or directly when it is this machine.
+"""A host of a cluster as the launcher reaches it: over ssh, or in this process when it is this machine.
 
 `Host.agent(args)` runs `disagg host ARGS` there (see deploy/host_agent.py) and returns the JSON it
-prints; any failure is a `HostError` naming the host and what went wrong (unreachable, no disagg there).
+prints; for this machine it calls the same verbs in this process (`host_agent.answer`), and a host made
+with `attached=True` starts components that die with the launcher. Any failure is a `HostError` naming the
+host and what went wrong (unreachable, no disagg there).
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from deploy.cluster_file import LOCAL, ClusterSpec
 from core.errors import ConfigError
+from deploy import host_agent, host_components
+from deploy.cluster_file import LOCAL, ClusterSpec
 
 log = logging.getLogger(__name__)
 SSH_UNREACHABLE = 255  # what ssh exits with when it cannot connect or authenticate
@@ -33,10 +36,15 @@ def default_disagg() -> str:
 
 @dataclass(frozen=True)
 class Host:
+    """One machine: `address` is its HTTP address (nodes bind it; the router and the launcher call it);
+    `ssh_argv` is ssh's command line up to the destination, () for this machine; `disagg` is the command
+    that runs disagg there; `attached` (this machine only): components started here die with this process."""
+
     name: str
-    address: str  # HTTP address (nodes bind it; the router and the launcher call it)
-    ssh_argv: tuple[str, ...] = ()  # ssh ... user@host, or () for this machine
+    address: str
+    ssh_argv: tuple[str, ...] = ()
     disagg: tuple[str, ...] = (sys.executable, "-m", "disagg")
+    attached: bool = False
 
     @property
     def is_local(self) -> bool:
@@ -65,7 +73,13 @@ class Host:
             raise HostError(f"{self.where}: cannot run {exc.filename}") from None
 
     def agent(self, args: list[str], *, timeout_s: float = 60.0) -> dict:
-        """Run `disagg host ARGS` there and return the JSON object it prints last."""
+        """Run `disagg host ARGS` there and return the JSON object it prints last (this machine: the same
+        answer, computed in this process; `timeout_s` bounds the ssh call)."""
+        if self.is_local:
+            try:
+                return host_agent.answer(args, attached=self.attached)
+            except (OSError, ConfigError) as exc:
+                raise HostError(f"{self.where}: `disagg host {args[0]}` failed: {exc}") from None
         result = self.run([*self.disagg, "host", *args], timeout_s=timeout_s)
         stderr = result.stderr.decode(errors="replace").strip()
         if not self.is_local and result.returncode == SSH_UNREACHABLE:
@@ -85,18 +99,30 @@ class Host:
         return answer
 
 
-def hosts_of(spec: ClusterSpec) -> dict[str, Host]:
-    """Every host the cluster uses, by name ("local" for a router on this machine)."""
-    hosts = {name: _host(spec, name) for name in spec.hosts}
+    def log_tail(self, run_dir: str, name: str, num_lines: int = 20) -> str:
+        """The last lines of component `name`'s log there (a note instead when it cannot be read)."""
+        if self.is_local:
+            return host_components.tail(run_dir, name, num_lines)
+        argv = [*self.disagg, "host", "logs", "--run-dir", run_dir, "--name", name, "--lines", str(num_lines)]
+        try:
+            return self.run(argv, timeout_s=30).stdout.decode(errors="replace")
+        except HostError as exc:
+            return f"(log not readable: {exc})"
+
+
+def hosts_of(spec: ClusterSpec, *, attached: bool = False) -> dict[str, Host]:
+    """Every host the cluster uses, by name ("local" for a router on this machine). `attached`: what is
+    started on this machine dies with this process."""
+    hosts = {name: _host(spec, name, attached) for name in spec.hosts}
     if spec.router.host == LOCAL:
-        hosts[LOCAL] = Host(name=LOCAL, address="127.0.0.1")
+        hosts[LOCAL] = Host(name=LOCAL, address="127.0.0.1", attached=attached)
     return hosts
 
 
-def _host(spec: ClusterSpec, name: str) -> Host:
+def _host(spec: ClusterSpec, name: str, attached: bool) -> Host:
     h = spec.hosts[name]
     if h.local:
-        return Host(name=name, address=h.address)
+        return Host(name=name, address=h.address, attached=attached)
     return Host(name=name, address=h.address, ssh_argv=tuple(ssh_argv(spec, name)),
                 disagg=(h.disagg or default_disagg(),))
 

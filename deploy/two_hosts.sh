@@ -98,6 +98,7 @@ StrictModes no
 PrintMotd no
 MaxStartups 50
 LogLevel ERROR
+AcceptEnv PYTHONPATH
 EOF
   nsx "$host" /usr/sbin/sshd -f "$state/sshd-$host.conf" -E "$state/sshd-$host.log"
 }

@@ -17,6 +17,7 @@ import httpx
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
+from node.settings import EngineSettings, NodeSettings
 from tests.integration.cluster_manager import Cluster, _drained, _processes_with
 from tests.integration.prompts import prompt_of
 from tests.integration.test_equality import disagg_and_colocated
@@ -105,9 +106,10 @@ def second_prefill_node(cluster: Cluster, startup_timeout_s: float = 400.0) -> I
     """A second tcp prefill node (its vLLM URL and supervisor process), on the prefill node's core;
     killed with its whole vLLM server group when the block ends, leaving no process."""
     port, kv_port = free_port(), free_port()
-    argv = [sys.executable, "-m", "disagg", "prefill", "--model", str(cluster.model_dir), "--transport", "tcp",
-            "--port", str(port), "--info-port", str(port + 1), "--kv-port", str(kv_port), "--cpu-cores", "0",
-            "--kv-lease-s", "20", "--no-prefix-caching"]
+    settings = NodeSettings.build(role="prefill", model=str(cluster.model_dir), transport="tcp", port=port,
+                                  info_port=port + 1, kv_port=kv_port, cpu_cores="0",
+                                  engine=EngineSettings(kv_lease_s=20, prefix_caching=False))
+    argv = [sys.executable, "-m", "disagg", "prefill", "--settings", settings.to_json()]
     log = open(cluster.log_dir / f"prefill-{port}.log", "wb")
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=_env(cluster), start_new_session=True)
     url = f"http://127.0.0.1:{port}"

@@ -163,7 +163,7 @@ def test_second_up_starts_no_duplicates_and_logs_come_from_the_host(two_hosts):
     assert "already running" in again.stdout
     assert after.returncode == before.returncode == 0 and after.stdout == before.stdout  # same pids, all healthy
     logs = disagg("logs", str(current.file), "prefill", "--lines", "100000")  # read over ssh in spark-01
-    assert logs.returncode == 0 and "disagg prefill --model" in logs.stdout
+    assert logs.returncode == 0 and "disagg prefill --settings" in logs.stdout
     assert "prefill vLLM server ready" in logs.stdout
 
 

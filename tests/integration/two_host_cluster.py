@@ -1,7 +1,8 @@
 """Two "hosts" (network namespaces spark-01 and spark-02 with sshd, deploy/two_hosts.sh) and clusters
 started on them by `disagg up FILE`: prefill in spark-01, decode in spark-02 (both over ssh), the
 router and a colocated baseline router in the root namespace. KV goes over the direct veth link `kv0`.
-Every cluster runs with a cluster token (`token_file`, one file: the namespaces share the filesystem), so
+The hosts run the code this process runs (a checkout on PYTHONPATH travels over ssh: the harness's sshd
+accepts it). Every cluster runs with a cluster token (`token_file`, one file: the namespaces share the filesystem), so
 a direct call to a node needs `Cluster.node_headers`; the tcp cluster's KV servers bind 0.0.0.0 (`kv_bind`).
 
 One cluster at a time (`TwoHostClusters.get(transport)`); stopping one checks that both nodes are
@@ -120,7 +121,7 @@ ready_timeout_s = {UP_TIMEOUT_S - 60}
 [ssh]
 user = "root"
 identity_file = "{harness.state_dir / 'id_ed25519'}"
-options = ["StrictHostKeyChecking=no", "UserKnownHostsFile=/dev/null"]
+options = ["StrictHostKeyChecking=no", "UserKnownHostsFile=/dev/null", "SendEnv=PYTHONPATH"]
 connect_timeout_s = 5
 {hosts}
 [prefill]

@@ -175,13 +175,16 @@ def test_cli_rejects_inconsistent_targets(tmp_path: Path, capsys: pytest.Capture
         parse(["--transports", "nixl,rdma"])
 
 
-def test_local_cluster_command_turns_prefix_caching_off(tmp_path: Path) -> None:
+def test_local_cluster_turns_prefix_caching_off(tmp_path: Path) -> None:
     from bench import local_cluster
+    from deploy import local
 
     ports = {"router": 1, "baseline": 2, "prefill": 3, "decode": 5, "kv": 7}
-    argv = local_cluster.up_command("nixl", tmp_path, 4196, tmp_path / "logs", ports)
-    assert argv[1:5] == ["-m", "disagg", "up", "--local"] and "--no-prefix-caching" in argv
-    assert argv[argv.index("--baseline-port") + 1] == "2" and argv[argv.index("--max-model-len") + 1] == "4196"
+    options = local_cluster.options("nixl", tmp_path, 4196, tmp_path / "logs", ports)
+    assert options.engine.prefix_caching is False and options.engine.max_model_len == 4196
+    (tmp_path / "config.json").write_text("{}")
+    spec = local.spec(options)  # `disagg up --local`'s cluster
+    assert spec.router.baseline_port == 2 and not spec.engine.prefix_caching
     first = local_cluster.free_ports(4)
     assert all(local_cluster._bindable("127.0.0.1", port) for port in range(first, first + 4))
 
@@ -214,7 +217,7 @@ def test_local_mode_measures_each_started_cluster(servers: tuple[str, str], tmp_
     def fake_cluster(transport: str, model_dir: Path, max_model_len: int, log_dir: Path, timeout_s: float):
         started.append((transport, max_model_len))
         if transport == "tcp":
-            raise local_cluster.ClusterStartError("disagg up exited with 1")
+            raise local_cluster.ClusterFailed("decode exited while starting")
         yield local_cluster.LocalCluster(transport, disagg_url, colocated_url, "http://unused", disagg_url, log_dir)
 
     monkeypatch.setattr(local_cluster, "local_cluster", fake_cluster)
