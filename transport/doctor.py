@@ -2,8 +2,9 @@
 
 Sections (`section_names`): host (cores), vllm (version, platform), cuda (driver), platform (the facts that
 decide where NIXL registers KV: unified memory, GPUDirect RDMA, and what `--kv-buffer-device auto` picks for
-`--peer`, `core.host.Platform.kv_buffer_device`); then one per registered transport, from its own probe (`Transport.doctor`: nixl's NIXL version and plugins, with UCX's version and
-transports as the `ucx` section; tcp's and none's built in); then rdma (devices), auto (what `--transport
+`--peer`, `core.host.Platform.kv_buffer_device`); then one per registered transport, from its own probe
+(`Transport.doctor`: nixl's NIXL version and plugins, with UCX's version and transports as the `ucx`
+section; tcp's and none's built in); then rdma (devices), auto (what `--transport
 auto` picks for `--peer`: every transport's verdict and the pick) and bandwidth (each transport moving one
 size through its own data path on 127.0.0.1, `Transport.loopback`, unless skipped). Every section has a
 `status` ("ok", "not installed", "unavailable", "none" or "skipped") and a `reason` when not ok; no probe
