@@ -135,7 +135,8 @@ def _link(settings: NodeSettings, role: NodeRole, platform: Platform, peer_is_lo
     engine = settings.engine
     device = engine.kv_buffer_device
     if device == "auto":
-        device, _ = platform.kv_buffer_device()
+        device, why = platform.kv_buffer_device(peer_is_local)
+        log.info("KV buffer device %s: %s", device, why)
     elif device == "cuda" and not platform.cuda:
         raise ConfigError("--kv-buffer-device cuda needs a CUDA host; this one has no NVIDIA driver")
     return KvLink(role=role.name, kv_host=settings.kv_host, kv_port=settings.kv_port,

@@ -13,7 +13,8 @@ _FORMATTER = argparse.RawDescriptionHelpFormatter
 
 DOCTOR_DESCRIPTION = """\
 What this host has for disaggregated serving: cores, vLLM (version, CPU or CUDA platform), the NVIDIA
-driver, each registered transport as its own probe sees it (nixl: NIXL's version and plugins, UCX's
+driver, the facts that decide where NIXL registers KV (GPU model, unified memory, GPUDirect RDMA) and what
+`--kv-buffer-device auto` picks for a link to --peer, each registered transport as its own probe sees it (nixl: NIXL's version and plugins, UCX's
 version and transports), RDMA devices, what `--transport auto` picks for a link to --peer and why (every
 transport's verdict), and (unless --no-bench) each transport's bandwidth through its own data path on
 127.0.0.1 at one size (`disagg bench transport` compares them at several). A missing optional piece is

@@ -1,13 +1,16 @@
 """`disagg doctor`: what this host has for disaggregated serving, as one JSON-able report.
 
-Sections (`section_names`): host (cores), vllm (version, platform), cuda (driver); then one per registered
-transport, from its own probe (`Transport.doctor`: nixl's NIXL version and plugins, with UCX's version and
-transports as the `ucx` section; tcp's and none's built in); then rdma (devices), auto (what `--transport
+Sections (`section_names`): host (cores), vllm (version, platform), cuda (driver), platform (the facts that
+decide where NIXL registers KV: unified memory, GPUDirect RDMA, and what `--kv-buffer-device auto` picks for
+`--peer`, `core.host.Platform.kv_buffer_device`); then one per registered transport, from its own probe
+(`Transport.doctor`: nixl's NIXL version and plugins, with UCX's version and transports as the `ucx`
+section; tcp's and none's built in); then rdma (devices), auto (what `--transport
 auto` picks for `--peer`: every transport's verdict and the pick) and bandwidth (each transport moving one
 size through its own data path on 127.0.0.1, `Transport.loopback`, unless skipped). Every section has a
 `status` ("ok", "not installed", "unavailable", "none" or "skipped") and a `reason` when not ok; no probe
 raises out of `collect`. vLLM and NIXL are probed in child processes: importing them is slow and may fail
-natively.
+natively. The host's facts come from one `core.host.Platform` (`collect(platform=...)`; default: this
+machine's, `detect_platform()`), so a test can show the report of a DGX Spark or an H100 host.
 """
 
 from __future__ import annotations
@@ -26,13 +29,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from core.host import has_cuda, usable_cores
+from core.host import Platform, detect_platform, usable_cores
 from transport import facts, registry
-from transport.base import Transport
+from transport.base import LinkFacts, Transport
 
 logger = logging.getLogger(__name__)
 
-HOST_SECTIONS = ("host", "vllm", "cuda")
+HOST_SECTIONS = ("host", "vllm", "cuda", "platform")
 LINK_SECTIONS = ("rdma", "auto", "bandwidth")
 MIB = 2**20
 PROBE_TIMEOUT_S = 180.0
@@ -83,32 +86,51 @@ def probe_vllm(timeout_s: float = PROBE_TIMEOUT_S) -> dict[str, Any]:
     return {**info, **json.loads(lines[-1])}
 
 
-def probe_cuda(vllm_info: dict[str, Any]) -> dict[str, Any]:
+def probe_cuda(vllm_info: dict[str, Any], platform: Platform) -> dict[str, Any]:
     """The NVIDIA driver (without importing anything) and what torch was built for."""
-    driver_present = has_cuda()
+    driver_present = platform.cuda
     info: dict[str, Any] = {"status": "ok" if driver_present else "none", "driver_present": driver_present,
                             "torch_cuda": vllm_info.get("torch_cuda"),
                             "cuda_available": vllm_info.get("cuda_available")}
-    if NVIDIA_DRIVER_VERSION.exists():
+    if driver_present and NVIDIA_DRIVER_VERSION.exists():
         info["driver_version"] = NVIDIA_DRIVER_VERSION.read_text().splitlines()[0].strip()
     if not driver_present:
         info["reason"] = "no NVIDIA driver (/dev/nvidiactl, /proc/driver/nvidia/version)"
     return info
 
 
-def probe_rdma() -> dict[str, Any]:
-    devices = facts.rdma_devices()
+def probe_platform(platform: Platform, peer_host: str) -> dict[str, Any]:
+    """What decides where NIXL registers KV on this host, and what `--kv-buffer-device auto` picks for a link
+    to `peer_host` (with a note when a peer on the other side of this host's boundary would get another)."""
+    peer_is_local = facts.is_local_address(peer_host)
+    device, reason = platform.kv_buffer_device(peer_is_local)
+    info: dict[str, Any] = {
+        "status": "ok", "arch": platform.arch, "cuda": platform.cuda, "device_name": platform.device_name,
+        "unified_memory": platform.unified_memory, "gpudirect_rdma": platform.gpudirect_rdma,
+        "rdma_devices": list(platform.rdma_devices), "peer": peer_host, "peer_is_local": peer_is_local,
+        "kv_buffer_device": device, "kv_buffer_reason": reason}
+    other, other_reason = platform.kv_buffer_device(not peer_is_local)
+    if other != device:
+        info["kv_buffer_note"] = f"with a {'remote' if peer_is_local else 'local'} peer: {other} ({other_reason})"
+    return info
+
+
+def probe_rdma(platform: Platform) -> dict[str, Any]:
+    devices = list(platform.rdma_devices)
     if not devices:
         return {"status": "none", "devices": [], "reason": f"nothing under {facts.RDMA_SYSFS}"}
     return {"status": "ok", "devices": devices}
 
 
-def probe_auto(peer_host: str, report: Report | None = None) -> dict[str, Any]:
+def probe_auto(peer_host: str, report: Report | None = None, platform: Platform | None = None) -> dict[str, Any]:
     """What `--transport auto` picks for a link to `peer_host` and why: every registered transport's verdict
     (`registry.candidates`), the pick and its reason (`registry.choose`, as a node started here makes it: why
     the transports before it were passed over included) and, when the picked transport's own section in
-    `report` is not ok, a warning. ConfigError when none suits."""
-    link = facts.link_facts(peer_host)
+    `report` is not ok, a warning. `platform`: this host's facts (default: detected). ConfigError when none
+    suits."""
+    host = platform or detect_platform()
+    link = LinkFacts(peer_host=peer_host, peer_is_local=facts.is_local_address(peer_host),
+                     rdma_devices=host.rdma_devices, cuda=host.cuda)
     candidates = registry.candidates(link)
     picked = registry.choose("auto", link)
     info: dict[str, Any] = {
@@ -137,21 +159,24 @@ def probe_bandwidth(size_mib: int, repeats: int, max_duration_s: float,
     return {"status": "ok", "size_mib": size_mib, "repeats": repeats, "host": "127.0.0.1", "transports": measured}
 
 
-def collect(peer_host: str = "127.0.0.1", *, bench: bool = True, bench_size_mib: int = 64,
-            bench_repeats: int = 3, bench_max_duration_s: float = 300.0) -> Report:
-    """Every section of the report, in the order of `section_names`. vLLM's probe and every transport's own
-    probe run side by side (each may take seconds in a child process); the bandwidth checks run after."""
+def collect(peer_host: str = "127.0.0.1", *, platform: Platform | None = None, bench: bool = True,
+            bench_size_mib: int = 64, bench_repeats: int = 3, bench_max_duration_s: float = 300.0) -> Report:
+    """Every section of the report, in the order of `section_names`, for a host of kind `platform` (default:
+    this machine's). vLLM's probe and every transport's own probe run side by side (each may take seconds
+    in a child process); the bandwidth checks run after."""
+    host = platform or detect_platform()
     transports = registry.all_transports()
     with ThreadPoolExecutor(max_workers=1 + len(transports)) as pool:
         vllm_future = pool.submit(guarded, probe_vllm)
         futures = [(transport.name, pool.submit(guarded, transport.doctor)) for transport in transports]
         report: Report = {"host": guarded(probe_host)}
         report["vllm"] = vllm_future.result()
-        report["cuda"] = guarded(lambda: probe_cuda(report["vllm"]))
+        report["cuda"] = guarded(lambda: probe_cuda(report["vllm"], host))
+        report["platform"] = guarded(lambda: probe_platform(host, peer_host))
         for name, future in futures:
             _add_transport_section(report, name, future.result())
-    report["rdma"] = guarded(probe_rdma)
-    report["auto"] = guarded(lambda: probe_auto(peer_host, report))
+    report["rdma"] = guarded(lambda: probe_rdma(host))
+    report["auto"] = guarded(lambda: probe_auto(peer_host, report, host))
     if bench:
         report["bandwidth"] = guarded(lambda: probe_bandwidth(bench_size_mib, bench_repeats, bench_max_duration_s))
     else:

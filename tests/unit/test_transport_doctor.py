@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from core.host import PLATFORMS
 from transport import doctor, registry
 from transport.base import Fit
 from transport.nixl import child, native_probe
@@ -124,12 +125,61 @@ def test_native_probe_survives_a_nixl_that_does_not_import(tmp_path, monkeypatch
 
 def test_auto_reason_for_a_remote_peer_without_rdma(fast_vllm, monkeypatch, real_native):
     nixl_probe_says(monkeypatch, real_native)
-    monkeypatch.setattr(doctor.facts, "rdma_devices", lambda *args: [])
-    report = doctor.collect("192.0.2.1", bench=False)  # TEST-NET-1: never this host
+    report = doctor.collect("192.0.2.1", platform=PLATFORMS["cpu"], bench=False)  # TEST-NET-1: never this host
     auto = report["auto"]
     assert auto["peer_is_local"] is False
     if real_native["nixl"]["importable"]:
         assert auto["choice"] == "tcp" and "no RDMA device" in auto["reason"]
+
+
+# ---- the platform section: what decides the KV buffer device, on simulated hosts ----------------------------
+
+@pytest.mark.parametrize("name, peer, device, decided_by", [
+    ("cpu", "127.0.0.1", "cpu", "CPU host"),
+    ("dgx-spark", "192.0.2.1", "cpu", "unified memory (NVIDIA GB10)"),
+    ("dgx-spark", "127.0.0.1", "cpu", "unified memory"),
+    ("h100-gpudirect", "192.0.2.1", "cuda", "GPUDirect RDMA (mlx5_0, mlx5_1)"),
+    ("cuda-no-gpudirect", "192.0.2.1", "cpu", "no GPUDirect RDMA and the peer is remote"),
+    ("cuda-no-gpudirect", "127.0.0.1", "cuda", "cuda_ipc"),
+])
+def test_platform_section_says_what_decides_the_kv_buffer_device(fast_vllm, monkeypatch, name, peer, device,
+                                                                  decided_by):
+    nixl_missing(monkeypatch)
+    simulated = PLATFORMS[name]
+    report = doctor.collect(peer, platform=simulated, bench=False)
+    section = report["platform"]
+    assert section["status"] == "ok" and section["kv_buffer_device"] == device
+    assert decided_by in section["kv_buffer_reason"]
+    assert (section["cuda"], section["unified_memory"], section["gpudirect_rdma"], section["device_name"]) == (
+        simulated.cuda, simulated.unified_memory, simulated.gpudirect_rdma, simulated.device_name)
+    assert report["cuda"]["driver_present"] is simulated.cuda
+    assert report["rdma"]["devices"] == list(simulated.rdma_devices)
+    assert list(report)[:4] == ["host", "vllm", "cuda", "platform"]
+
+
+def test_platform_note_when_the_peer_s_side_changes_the_device(fast_vllm, monkeypatch):
+    nixl_missing(monkeypatch)
+    local = doctor.collect("127.0.0.1", platform=PLATFORMS["cuda-no-gpudirect"], bench=False)["platform"]
+    assert local["kv_buffer_device"] == "cuda" and local["kv_buffer_note"].startswith("with a remote peer: cpu")
+    spark = doctor.collect("127.0.0.1", platform=PLATFORMS["dgx-spark"], bench=False)["platform"]
+    assert "kv_buffer_note" not in spark  # cpu either way
+
+
+def test_platform_rows_in_the_table(fast_vllm, monkeypatch):
+    nixl_missing(monkeypatch)
+    report = doctor.collect("192.0.2.1", platform=PLATFORMS["dgx-spark"], bench=False)
+    rows = {(section, item): value for section, item, value in doctor.rows(report)}
+    assert rows[("platform", "device_name")] == "NVIDIA GB10" and rows[("platform", "arch")] == "aarch64"
+    assert rows[("platform", "unified_memory")] == "True" and rows[("platform", "kv_buffer_device")] == "cpu"
+    assert rows[("platform", "rdma_devices")] == "roceP2p1s0f0, roceP2p1s0f1, rocep1s0f0, rocep1s0f1"
+
+
+def test_auto_on_a_simulated_rdma_host_picks_nixl_when_it_is_installed(fast_vllm, monkeypatch, real_native):
+    nixl_probe_says(monkeypatch, real_native)
+    if not real_native["nixl"]["importable"]:
+        pytest.skip("NIXL is not installed here")
+    report = doctor.collect("192.0.2.1", platform=PLATFORMS["dgx-spark"], bench=False)
+    assert report["auto"]["choice"] == "nixl" and "rocep1s0f0" in report["auto"]["reason"]
 
 
 def test_bandwidth_section_and_table(fast_vllm, monkeypatch, capsys):

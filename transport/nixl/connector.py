@@ -43,6 +43,9 @@ if TYPE_CHECKING:
     from vllm.v1.request import Request
 
 
+EXTRA_CONFIG_KEYS = ("progress_thread",)  # the kv_connector_extra_config keys this class reads (vLLM's others)
+
+
 class NixlConnector(_VllmNixlConnector):
     """vLLM's NixlConnector: remote tokens capped at what the prefill node computed; optionally no NIXL
     progress thread (`kv_connector_extra_config["progress_thread"]`, default true as in NIXL)."""
