@@ -1,0 +1,192 @@
+"""Converting KV rows to their wire dtype and back (`transport.tcp.wire_dtype`), vectorized per frame.
+
+A *row* is one token's K or V in one KV head: `head_size` contiguous elements. vLLM's CPU KV tensor is
+`[num_blocks, num_kv_heads, block_size, 2 * head_size]`, but its attention kernels read each (block, head)
+as `[2 * block_size, head_size]`: K of the block's tokens, then V (vLLM's `cpu_attn.py` views it so). The
+GPU layouts keep `head_size` innermost too. So a block of any of them is a run of whole rows, and a row is
+the group "one token, one head" (for K, and separately for V) whatever the nominal shape.
+
+Formulas and error bounds (x a KV element, x̂ what the decode side restores, u = 2^-24 float32's unit
+roundoff):
+
+- `bf16`: x̂ = x rounded to nearest-even bf16 (8 significant bits): |x̂ − x| ≤ 2^-8·|x| for every finite x
+  (bf16 has float32's exponent range, so nothing overflows or goes subnormal that float32 would not);
+  NaN and ±inf pass unchanged.
+- `fp16`: x̂ = x rounded to nearest-even fp16 (11 significant bits): |x̂ − x| ≤ 2^-11·|x| + 2^-25 (the
+  second term: fp16's subnormal spacing 2^-24, halved) for |x| ≤ 65504; larger values become ±inf: prefer
+  bf16 for float32 caches whose values may be large.
+- `int8`, symmetric, one scale per row: m = max|x| over the row, s = m / 127, q = rint(x · 127/m) in
+  [−127, 127], sent as q (1 byte each) and s (float32); x̂ = q·s. Rounding to nearest gives |q − x/s| ≤ 1/2,
+  so |x̂ − x| ≤ s/2 in exact arithmetic; the four float32 roundings (127/m, x·(127/m), m/127, q·s) add
+  at most 4u·m (|q| ≤ 127.5·(1 + 2u)), so |x̂ − x| ≤ s/2 + 4u·m = s/2·(1 + 1016u). A row of zeros (m = 0)
+  has s = 0 and restores to exact zeros; a row holding a NaN or ±inf has no finite scale: it is sent with
+  s = NaN and restores to all NaN (the other rows are unaffected). Restoring into a bf16/fp16 cache rounds
+  x̂ once more (the bound above plus that dtype's relative rounding).
+
+Layout of an int8 frame of n rows: n float32 scales (native byte order, as the KV itself), then n × head_size
+int8 values. A frame always holds whole rows; the receiver derives n from the payload's size.
+
+Speed (this repository's CPU box, one core, float32 rows of 64, 16 MiB; see docs/measurements/.../kv-wire):
+quantizing in numpy ran at 0.49 GB/s of KV, in torch 0.74 GB/s, and as one fused numba kernel (below)
+2.7 GB/s, so numba quantizes and dequantizes; the casts are torch's (`Tensor.copy_`, 12-16 GB/s; numpy has no
+bf16 and its fp16 cast ran at 1 GB/s). numba and torch are imported here only (both come with vLLM).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+import numba
+import numpy as np
+import torch
+
+from transport.tcp.wire_dtype import KV_ELEMENT_NBYTES, SCALE_NBYTES, WireDtype, effective
+
+logger = logging.getLogger(__name__)
+
+_TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_WIRE_TORCH_DTYPES = {WireDtype.BF16: torch.bfloat16, WireDtype.FP16: torch.float16}
+_INT8_MAX = np.float32(127.0)
+
+
+@numba.njit(cache=True, nogil=True)
+def _quantize_rows(x: np.ndarray, scales: np.ndarray, values: np.ndarray) -> None:  # pragma: no cover (jit)
+    """x [n, g] float32 -> scales [n] float32, values [n, g] int8 (see the module's formulas)."""
+    for i in range(x.shape[0]):
+        peak = np.float32(0.0)
+        finite = True
+        for j in range(x.shape[1]):
+            a = abs(x[i, j])
+            if not np.isfinite(a):
+                finite = False
+            elif a > peak:
+                peak = a
+        if not finite:
+            scales[i] = np.float32(np.nan)
+            values[i, :] = 0
+            continue
+        scales[i] = peak / _INT8_MAX
+        inverse = _INT8_MAX / peak if peak > 0 else np.float32(0.0)
+        for j in range(x.shape[1]):
+            values[i, j] = np.int8(np.rint(x[i, j] * inverse))
+
+
+@numba.njit(cache=True, nogil=True)
+def _dequantize_rows(values: np.ndarray, scales: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover (jit)
+    """values [n, g] int8 and scales [n] float32 -> out [n, g] float32 (x̂ = q·s; NaN scale: all NaN)."""
+    for i in range(values.shape[0]):
+        scale = scales[i]
+        for j in range(values.shape[1]):
+            out[i, j] = np.float32(values[i, j]) * scale
+
+
+class Codec:
+    """One (wire dtype, KV dtype, row length) conversion. `wire` NATIVE is rejected: nothing to convert.
+
+    `encode(pieces, out)` writes the wire bytes of the KV `pieces` (whole rows, in order) into `out`;
+    `decode(payload, pieces)` restores one frame's wire bytes into the KV `pieces` it covers.
+    """
+
+    def __init__(self, wire: WireDtype, kv_dtype: str, row_elements: int) -> None:
+        if effective(wire, kv_dtype) is WireDtype.NATIVE:
+            raise ValueError(f"wire dtype {wire.label} does not apply to a {kv_dtype} KV cache")
+        if row_elements <= 0:
+            raise ValueError(f"row_elements must be > 0, not {row_elements}")
+        self.wire, self.kv_dtype, self.row_elements = wire, kv_dtype, row_elements
+        self.kv_torch_dtype = _TORCH_DTYPES[kv_dtype]
+        self.kv_row_nbytes = row_elements * KV_ELEMENT_NBYTES[kv_dtype]
+        self.wire_row_nbytes = (row_elements + SCALE_NBYTES if wire is WireDtype.INT8
+                                else row_elements * (wire.element_nbytes or 0))
+
+    def wire_nbytes(self, kv_nbytes: int) -> int:
+        return self._rows(kv_nbytes, self.kv_row_nbytes, "KV") * self.wire_row_nbytes
+
+    def kv_nbytes(self, wire_nbytes: int) -> int:
+        """KV bytes a frame of `wire_nbytes` restores; ValueError when it is not whole rows."""
+        return self._rows(wire_nbytes, self.wire_row_nbytes, "wire") * self.kv_row_nbytes
+
+    def encode(self, pieces: Sequence[memoryview], out: memoryview) -> int:
+        """Write the wire form of `pieces` into the start of `out`; returns the bytes written."""
+        total_rows = sum(self._rows(len(p), self.kv_row_nbytes, "KV") for p in pieces)
+        nbytes = total_rows * self.wire_row_nbytes
+        if self.wire is WireDtype.INT8:
+            scales, values = self._int8_parts(out, total_rows)
+            row = 0
+            for piece in pieces:
+                x = self._float32_rows(piece)
+                _quantize_rows(x, scales[row:row + len(x)], values[row:row + len(x)])
+                row += len(x)
+            return nbytes
+        offset = 0
+        for piece in pieces:
+            count = len(piece) // KV_ELEMENT_NBYTES[self.kv_dtype]
+            target = _tensor(out[offset:offset + count * 2], _WIRE_TORCH_DTYPES[self.wire])
+            target.copy_(_tensor(piece, self.kv_torch_dtype))
+            offset += count * 2
+        return nbytes
+
+    def decode(self, payload: memoryview, pieces: Sequence[memoryview]) -> None:
+        """Restore `payload` (one frame: whole rows) into `pieces`, which must hold exactly its KV bytes."""
+        kv_nbytes = self.kv_nbytes(len(payload))
+        if sum(len(p) for p in pieces) != kv_nbytes:
+            raise ValueError(f"a frame of {len(payload)} wire bytes restores {kv_nbytes} KV bytes, "
+                             f"not {sum(len(p) for p in pieces)}")
+        if self.wire is WireDtype.INT8:
+            scales, values = self._int8_parts(payload, kv_nbytes // self.kv_row_nbytes)
+            row = 0
+            for piece in pieces:
+                rows = len(piece) // self.kv_row_nbytes
+                self._restore_int8(values[row:row + rows], scales[row:row + rows], piece)
+                row += rows
+            return
+        offset = 0
+        for piece in pieces:
+            count = len(piece) // KV_ELEMENT_NBYTES[self.kv_dtype]
+            source = _tensor(payload[offset:offset + count * 2], _WIRE_TORCH_DTYPES[self.wire])
+            _tensor(piece, self.kv_torch_dtype).copy_(source)
+            offset += count * 2
+
+    def _restore_int8(self, values: np.ndarray, scales: np.ndarray, piece: memoryview) -> None:
+        if self.kv_dtype == "float32":
+            _dequantize_rows(values, scales, np.frombuffer(piece, np.float32).reshape(-1, self.row_elements))
+            return
+        restored = np.empty(values.shape, np.float32)
+        _dequantize_rows(values, scales, restored)
+        _tensor(piece, self.kv_torch_dtype).copy_(torch.from_numpy(restored).reshape(-1))
+
+    def _float32_rows(self, piece: memoryview) -> np.ndarray:
+        if self.kv_dtype == "float32":
+            return np.frombuffer(piece, np.float32).reshape(-1, self.row_elements)
+        return _tensor(piece, self.kv_torch_dtype).float().numpy().reshape(-1, self.row_elements)
+
+    def _int8_parts(self, buffer: memoryview, rows: int) -> tuple[np.ndarray, np.ndarray]:
+        scales = np.frombuffer(buffer, np.float32, rows, 0)
+        values = np.frombuffer(buffer, np.int8, rows * self.row_elements, rows * SCALE_NBYTES)
+        return scales, values.reshape(rows, self.row_elements)
+
+    def _rows(self, nbytes: int, row_nbytes: int, what: str) -> int:
+        if nbytes % row_nbytes:
+            raise ValueError(f"{nbytes} {what} bytes are not whole rows of {row_nbytes} bytes "
+                             f"({self.wire.label} over {self.row_elements} {self.kv_dtype} elements)")
+        return nbytes // row_nbytes
+
+
+def _tensor(view: memoryview, dtype: torch.dtype) -> torch.Tensor:
+    """A flat tensor over `view`'s memory (no copy)."""
+    return torch.frombuffer(view, dtype=dtype) if len(view) else torch.empty(0, dtype=dtype)
+
+
+def warm_up(kv_dtype: str, row_elements: int) -> float:
+    """Compile (or load from numba's cache) the kernels for this KV dtype; returns the seconds it took."""
+    started_s = time.perf_counter()
+    sample = memoryview(bytearray(2 * row_elements * KV_ELEMENT_NBYTES[kv_dtype]))
+    for wire in (WireDtype.BF16, WireDtype.FP16, WireDtype.INT8):
+        if effective(wire, kv_dtype) is WireDtype.NATIVE:
+            continue
+        codec = Codec(wire, kv_dtype, row_elements)
+        out = memoryview(bytearray(codec.wire_nbytes(len(sample))))
+        codec.encode([sample], out)
+        codec.decode(out, [sample])
+    return time.perf_counter() - started_s
