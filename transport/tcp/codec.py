@@ -190,3 +190,32 @@ def warm_up(kv_dtype: str, row_elements: int) -> float:
         codec.encode([sample], out)
         codec.decode(out, [sample])
     return time.perf_counter() - started_s
+
+
+def measure_throughput(kv_dtype: str, row_elements: int, sample_nbytes: int = 4 * 2**20,
+                       repeats: int = 3) -> dict[WireDtype, tuple[float, float]]:
+    """Bytes of KV per second each applicable wire dtype converts and restores on this host (best of
+    `repeats` over `sample_nbytes` of KV-like rows: standard normal values): {wire: (encode, decode)}."""
+    row_nbytes = row_elements * KV_ELEMENT_NBYTES[kv_dtype]
+    rows = max(1, sample_nbytes // row_nbytes)
+    values = torch.randn(rows * row_elements, generator=torch.Generator().manual_seed(0)).to(_TORCH_DTYPES[kv_dtype])
+    sample = memoryview(values.view(torch.uint8).numpy())
+    found: dict[WireDtype, tuple[float, float]] = {}
+    for wire in (WireDtype.BF16, WireDtype.FP16, WireDtype.INT8):
+        if effective(wire, kv_dtype) is WireDtype.NATIVE:
+            continue
+        codec = Codec(wire, kv_dtype, row_elements)
+        out = memoryview(bytearray(codec.wire_nbytes(len(sample))))
+        encode_s = _best_of(repeats, lambda: codec.encode([sample], out))
+        decode_s = _best_of(repeats, lambda: codec.decode(out, [sample]))
+        found[wire] = (len(sample) / encode_s, len(sample) / decode_s)
+    return found
+
+
+def _best_of(repeats: int, step) -> float:
+    best_s = float("inf")
+    for _ in range(max(1, repeats)):
+        started_s = time.perf_counter()
+        step()
+        best_s = min(best_s, time.perf_counter() - started_s)
+    return max(best_s, 1e-9)

@@ -30,6 +30,10 @@ class TcpTransport(Transport):
                                  "transfer_timeout_s": link.transfer_timeout_s}
         if link.kv_bind_host is not None:
             extra["bind_host"] = link.kv_bind_host
+        if link.kv_wire_dtype != "native":
+            extra["wire_dtype"] = link.kv_wire_dtype
+        if link.kv_link_gbit_per_s is not None:
+            extra["link_gbit_per_s"] = link.kv_link_gbit_per_s
         return {"kv_connector": "DisaggTcpConnector", "kv_connector_module_path": "transport.tcp.connector",
                 "kv_connector_extra_config": extra}
 

@@ -252,8 +252,10 @@ class BlockServer:
         return codec.wire_nbytes(cursor.remaining), converted()
 
     def _codec(self, wire_dtype: WireDtype):  # -> transport.tcp.codec.Codec (imports torch and numba)
-        from transport.tcp.codec import Codec
-
+        try:
+            from transport.tcp.codec import Codec
+        except ImportError as exc:
+            raise _Refused(ErrorCode.INTERNAL, f"cannot convert to wire dtype {wire_dtype.label}: {exc}") from None
         assert self.store.kv_dtype is not None and self.store.row_elements is not None
         return Codec(wire_dtype, self.store.kv_dtype, self.store.row_elements)
 
