@@ -26,10 +26,12 @@ roundoff):
 Layout of an int8 frame of n rows: n float32 scales (native byte order, as the KV itself), then n × head_size
 int8 values. A frame always holds whole rows; the receiver derives n from the payload's size.
 
-Speed (this repository's CPU box, one core, float32 rows of 64, 16 MiB; see docs/measurements/.../kv-wire):
-quantizing in numpy ran at 0.49 GB/s of KV, in torch 0.74 GB/s, and as one fused numba kernel (below)
-2.7 GB/s, so numba quantizes and dequantizes; the casts are torch's (`Tensor.copy_`, 12-16 GB/s; numpy has no
-bf16 and its fp16 cast ran at 1 GB/s). numba and torch are imported here only (both come with vLLM).
+Speed (this repository's CPU box, one core, float32 rows of 64, 16 MiB): quantizing in numpy ran at
+0.49 GB/s of KV, in torch 0.74 GB/s, and as one fused numba kernel (below) 2.7 GB/s, so numba quantizes and
+dequantizes. bf16 is a numba kernel too (round to nearest even on the bits; numpy has no bf16, and torch's
+casts, fast alone, slowed to 0.04 GB/s in a process sharing two busy cores with vLLM: its OpenMP threads
+contend); numba has no float16, so fp16 is numpy's cast (about 1 GB/s). numba is imported here only (it
+comes with vLLM; torch is not needed).
 """
 
 from __future__ import annotations
@@ -40,15 +42,30 @@ from collections.abc import Sequence
 
 import numba
 import numpy as np
-import torch
 
 from transport.tcp.wire_dtype import KV_ELEMENT_NBYTES, SCALE_NBYTES, WireDtype, effective
 
 logger = logging.getLogger(__name__)
 
-_TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-_WIRE_TORCH_DTYPES = {WireDtype.BF16: torch.bfloat16, WireDtype.FP16: torch.float16}
 _INT8_MAX = np.float32(127.0)
+
+
+@numba.njit(cache=True, nogil=True)
+def _float32_to_bf16(bits: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover (jit)
+    """float32 bit patterns [n] uint32 -> bf16 bit patterns [n] uint16, rounded to nearest even; NaN stays NaN."""
+    for i in range(bits.shape[0]):
+        b = bits[i]
+        if (b & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):  # NaN: keep it quiet, never round it to inf
+            out[i] = np.uint16((b >> np.uint32(16)) | np.uint32(0x40))
+        else:
+            out[i] = np.uint16((b + np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16))
+
+
+@numba.njit(cache=True, nogil=True)
+def _bf16_to_float32(bits: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover (jit)
+    """bf16 bit patterns [n] uint16 -> float32 bit patterns [n] uint32 (exact)."""
+    for i in range(bits.shape[0]):
+        out[i] = np.uint32(bits[i]) << np.uint32(16)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -95,7 +112,6 @@ class Codec:
         if row_elements <= 0:
             raise ValueError(f"row_elements must be > 0, not {row_elements}")
         self.wire, self.kv_dtype, self.row_elements = wire, kv_dtype, row_elements
-        self.kv_torch_dtype = _TORCH_DTYPES[kv_dtype]
         self.kv_row_nbytes = row_elements * KV_ELEMENT_NBYTES[kv_dtype]
         self.wire_row_nbytes = (row_elements + SCALE_NBYTES if wire is WireDtype.INT8
                                 else row_elements * (wire.element_nbytes or 0))
@@ -120,10 +136,14 @@ class Codec:
                 row += len(x)
             return nbytes
         offset = 0
-        for piece in pieces:
-            count = len(piece) // KV_ELEMENT_NBYTES[self.kv_dtype]
-            target = _tensor(out[offset:offset + count * 2], _WIRE_TORCH_DTYPES[self.wire])
-            target.copy_(_tensor(piece, self.kv_torch_dtype))
+        for piece in pieces:  # casts apply to float32 caches only (`wire_dtype.effective`)
+            count = len(piece) // 4
+            if self.wire is WireDtype.BF16:
+                _float32_to_bf16(np.frombuffer(piece, np.uint32), np.frombuffer(out, np.uint16, count, offset))
+            else:
+                with np.errstate(over="ignore"):  # beyond fp16's range: ±inf, as documented above
+                    np.copyto(np.frombuffer(out, np.float16, count, offset), np.frombuffer(piece, np.float32),
+                              casting="same_kind")
             offset += count * 2
         return nbytes
 
@@ -143,9 +163,12 @@ class Codec:
             return
         offset = 0
         for piece in pieces:
-            count = len(piece) // KV_ELEMENT_NBYTES[self.kv_dtype]
-            source = _tensor(payload[offset:offset + count * 2], _WIRE_TORCH_DTYPES[self.wire])
-            _tensor(piece, self.kv_torch_dtype).copy_(source)
+            count = len(piece) // 4
+            target = np.frombuffer(piece, np.uint32)
+            if self.wire is WireDtype.BF16:
+                _bf16_to_float32(np.frombuffer(payload, np.uint16, count, offset), target)
+            else:
+                np.copyto(target.view(np.float32), np.frombuffer(payload, np.float16, count, offset))
             offset += count * 2
 
     def _restore_int8(self, values: np.ndarray, scales: np.ndarray, piece: memoryview) -> None:
@@ -154,12 +177,19 @@ class Codec:
             return
         restored = np.empty(values.shape, np.float32)
         _dequantize_rows(values, scales, restored)
-        _tensor(piece, self.kv_torch_dtype).copy_(torch.from_numpy(restored).reshape(-1))
+        if self.kv_dtype == "bfloat16":
+            _float32_to_bf16(restored.reshape(-1).view(np.uint32), np.frombuffer(piece, np.uint16))
+        else:
+            np.copyto(np.frombuffer(piece, np.float16), restored.reshape(-1), casting="same_kind")
 
     def _float32_rows(self, piece: memoryview) -> np.ndarray:
         if self.kv_dtype == "float32":
             return np.frombuffer(piece, np.float32).reshape(-1, self.row_elements)
-        return _tensor(piece, self.kv_torch_dtype).float().numpy().reshape(-1, self.row_elements)
+        if self.kv_dtype == "bfloat16":
+            bits = np.empty(len(piece) // 2, np.uint32)
+            _bf16_to_float32(np.frombuffer(piece, np.uint16), bits)
+            return bits.view(np.float32).reshape(-1, self.row_elements)
+        return np.frombuffer(piece, np.float16).astype(np.float32).reshape(-1, self.row_elements)
 
     def _int8_parts(self, buffer: memoryview, rows: int) -> tuple[np.ndarray, np.ndarray]:
         scales = np.frombuffer(buffer, np.float32, rows, 0)
@@ -171,11 +201,6 @@ class Codec:
             raise ValueError(f"{nbytes} {what} bytes are not whole rows of {row_nbytes} bytes "
                              f"({self.wire.label} over {self.row_elements} {self.kv_dtype} elements)")
         return nbytes // row_nbytes
-
-
-def _tensor(view: memoryview, dtype: torch.dtype) -> torch.Tensor:
-    """A flat tensor over `view`'s memory (no copy)."""
-    return torch.frombuffer(view, dtype=dtype) if len(view) else torch.empty(0, dtype=dtype)
 
 
 def warm_up(kv_dtype: str, row_elements: int) -> float:
@@ -198,8 +223,13 @@ def measure_throughput(kv_dtype: str, row_elements: int, sample_nbytes: int = 4 
     `repeats` over `sample_nbytes` of KV-like rows: standard normal values): {wire: (encode, decode)}."""
     row_nbytes = row_elements * KV_ELEMENT_NBYTES[kv_dtype]
     rows = max(1, sample_nbytes // row_nbytes)
-    values = torch.randn(rows * row_elements, generator=torch.Generator().manual_seed(0)).to(_TORCH_DTYPES[kv_dtype])
-    sample = memoryview(values.view(torch.uint8).numpy())
+    values = np.random.default_rng(0).standard_normal(rows * row_elements, dtype=np.float32)
+    if kv_dtype == "bfloat16":
+        bits = np.empty(len(values), np.uint16)
+        _float32_to_bf16(values.view(np.uint32), bits)
+        sample = memoryview(bits).cast("B")
+    else:
+        sample = memoryview(values.astype(np.float16) if kv_dtype == "float16" else values).cast("B")
     found: dict[WireDtype, tuple[float, float]] = {}
     for wire in (WireDtype.BF16, WireDtype.FP16, WireDtype.INT8):
         if effective(wire, kv_dtype) is WireDtype.NATIVE:

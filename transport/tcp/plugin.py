@@ -20,6 +20,10 @@ class TcpTransport(Transport):
     bench_methods = (
         BenchMethod("tcp-connector", "our TCP KV connector: BlockServer -> pull_blocks, framed, CRC-32C, 2 processes",
                     "bench.xfer.peers:TcpConnectorSource", "bench.xfer.peers:TcpConnectorSink"),
+        *(BenchMethod(f"tcp-connector-{wire}", f"the same, float32 KV sent as {wire} ({what}) and restored; GB/s of "
+                      "KV delivered", "bench.xfer.wire_peers:FloatKvSource", f"bench.xfer.wire_peers:{sink}")
+          for wire, what, sink in (("int8", "a scale per row of 64: 68/256 of the bytes", "Int8Sink"),
+                                   ("bf16", "half the bytes", "Bf16Sink"), ("fp16", "half the bytes", "Fp16Sink"))),
     )
 
     def fit_for_auto(self, facts: LinkFacts) -> Fit:
