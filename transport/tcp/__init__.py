@@ -1,7 +1,7 @@
 """Our TCP KV transport: a vLLM KV connector that pulls a request's blocks over one TCP stream.
 
 Layers, bottom up: `errors`, `stream` (socket I/O) and `wire` (frames, checksum); `wire_dtype` (what KV looks
-like on the wire) and `codec` (converting to and from it; numba, loaded only when a pull converts); `blocks`
+like on the wire) and `codec` (converting to and from it, with numba: the connector loads it when it maps the KV cache); `blocks`
 (where block bytes live); `lease` and `server` (prefill side); `client` (decode side); `wire_choice` (the cost
 model of `auto`) and `wire_codecs` (a decode node's choice per pull); `settings`; `plugin` (the registered
 `Transport`) and `loopback` (doctor's in-process bandwidth check). Then the vLLM glue,
