@@ -67,8 +67,10 @@ def codec(x: np.ndarray, repeats: int) -> dict[str, dict[str, float]]:
     for wire in (WireDtype.BF16, WireDtype.FP16, WireDtype.INT8):
         c = Codec(wire, "float32", ROW)
         out = memoryview(bytearray(c.wire_nbytes(len(source))))
-        found[wire.label] = {"encode_gb_s": round(x.nbytes / _best_s(lambda: c.encode([source], out), repeats) / 1e9, 3),
-                             "decode_gb_s": round(x.nbytes / _best_s(lambda: c.decode(out, [target]), repeats) / 1e9, 3)}
+        encode_s = _best_s(lambda: c.encode([source], out), repeats)
+        decode_s = _best_s(lambda: c.decode(out, [target]), repeats)
+        found[wire.label] = {"encode_gb_s": round(x.nbytes / encode_s / 1e9, 3),
+                             "decode_gb_s": round(x.nbytes / decode_s / 1e9, 3)}
     return found
 
 

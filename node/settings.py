@@ -44,8 +44,8 @@ class EngineSettings(_Frozen):
         30.0, ge=0.1, le=3600, description="tcp transport: seconds one KV pull may take end to end (both sides); "
         "past it the decode node gives up and computes the prompt itself (raise it for large KV on slow links)")
     kv_cache_dtype: Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"] = Field(
-        "auto", description="vLLM's --kv-cache-dtype on both nodes: auto (the model dtype) or an FP8 type (one byte per "
-        "KV element: half of fp16's KV bytes, a quarter of fp32's; CPU hosts need x86 with AVX-512 or AMX, see "
+        "auto", description="vLLM's --kv-cache-dtype on both nodes: auto (the model dtype) or an FP8 type (one byte "
+        "per KV element: half of fp16's KV bytes, a quarter of fp32's; CPU hosts need x86 with AVX-512 or AMX, see "
         "node/kv_cache_dtype.py)")
     kv_wire_dtype: Literal["native", "bf16", "fp16", "int8", "auto"] = Field(
         "native", description="tcp transport, decode side: what the KV crosses the link as (native: the cache's own "
