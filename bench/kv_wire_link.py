@@ -152,6 +152,35 @@ def measure(rate: str | None, sizes_mb: list[int], wires: list[str], repeats: in
     return rows
 
 
+def plot(rows: list[dict[str, Any]], path: Path) -> Path:
+    """Median pull time per wire dtype, bars grouped by rate and size, each labelled with its share of native."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(8.0, 4.5), dpi=110)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    groups = list(dict.fromkeys((r["rate"], r["kv_bytes"]) for r in rows))
+    wires = list(dict.fromkeys(r["wire_dtype"] for r in rows))
+    width = 0.8 / len(wires)
+    for index, wire in enumerate(wires):
+        mine = {(r["rate"], r["kv_bytes"]): r for r in rows if r["wire_dtype"] == wire}
+        positions = [g + (index - (len(wires) - 1) / 2) * width for g in range(len(groups))]
+        heights = [mine[group]["median_s"] * 1e3 for group in groups]
+        bars = axes.bar(positions, heights, width, label=wire)
+        axes.bar_label(bars, [f"{mine[group]['time_vs_native']:.2f}" for group in groups], fontsize=7)
+    axes.set_xticks(range(len(groups)))
+    axes.set_xticklabels([f"{rate}\n{size / 2**20:g} MiB KV" for rate, size in groups])
+    axes.set_ylabel("pull time, median (ms)")
+    axes.set_yscale("log")
+    axes.set_title("KV pull per wire dtype (label: time / native)")
+    axes.grid(True, axis="y", alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, format="png")
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "serve":
@@ -167,7 +196,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wire-dtypes", default="native,bf16,fp16,int8")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--output", type=Path, default=None)
+    parser.add_argument("--plot", type=Path, default=None, help="also draw the figures into this PNG")
+    parser.add_argument("--from-json", type=Path, default=None, help="only draw --plot from an earlier --output")
     args = parser.parse_args(argv)
+    if args.from_json and args.plot:
+        plot(json.loads(args.from_json.read_text())["results"], args.plot)
+        return 0
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     rows = []
     for rate in args.rates.split(","):
@@ -177,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
                        + " ".join(argv), "results": rows}, indent=1)
     if args.output:
         args.output.write_text(text + "\n")
+    if args.plot:
+        plot(rows, args.plot)
     print(text)
     return 0 if all(r["verified"] for r in rows) else 1
 
