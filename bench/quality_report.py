@@ -81,10 +81,13 @@ def plot(data: dict[str, Any], path: Path) -> Path:
     shares.set_title(f"{data['settings'].get('max_tokens')} tokens, {data['settings'].get('num_prompts')} prompts")
     shares.legend(loc="lower left")
     values = [s["mean_abs_logprob_diff"] or 0.0 for s in data["summary"]]
-    diffs.bar(modes, [max(v, 1e-9) for v in values], color="tab:orange")
-    diffs.set_yscale("log")
+    bars = diffs.bar(modes, [v if v > 0 else float("nan") for v in values], color="tab:orange")
+    diffs.bar_label(bars, ["0" if v == 0 else f"{v:.1e}" for v in values], fontsize=8)
+    if any(v > 0 for v in values):
+        diffs.set_yscale("log")
     diffs.set_ylabel("mean |Δ log p| of chosen tokens")
-    diffs.set_title("before the first divergence")
+    zero = [mode for mode, v in zip(modes, values) if v == 0]
+    diffs.set_title("before the first divergence" + (f" ({', '.join(zero)}: exactly 0)" if zero else ""))
     for axes in (shares, diffs):
         axes.grid(True, axis="y", alpha=0.3)
     figure.tight_layout()
