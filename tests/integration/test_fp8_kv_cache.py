@@ -27,6 +27,7 @@ from tests.integration import vllm_metrics
 from tests.integration.cluster_manager import _processes_with
 from tests.support.threaded_server import free_port
 from transport import registry
+from transport.base import KvLink
 
 pytestmark = pytest.mark.integration
 FP8_KV_BYTES_PER_TOKEN = 2 * 30 * 3 * 64 * 1
@@ -70,15 +71,20 @@ def _stop(proc: subprocess.Popen) -> None:
 
 @pytest.mark.timeout(1800)
 @pytest.mark.parametrize("transport", ["tcp", "nixl"])
-def test_fp8_kv_cache_disagg_equals_colocated(transport, clusters, tmp_path):
+def test_fp8_kv_cache_disagg_equals_colocated(transport, clusters, tmp_path, monkeypatch):
     supported, why = fp8_kv_cache_support(detect_platform())
     if not supported:
         pytest.skip(f"no FP8 KV cache here: {why}")
     if transport == "nixl":
         pytest.importorskip("nixl")
-        probe = registry.get("nixl").loopback(2**20, 1)  # NIXL's UCX backend in a child, as doctor runs it
+        nixl = registry.get("nixl")
+        for key, value in nixl.env(KvLink(role="decode", peer_is_local=True)).items():  # the nodes' UCX settings
+            if key.startswith("UCX_"):
+                monkeypatch.setenv(key, value)
+        probe = nixl.loopback(2**20, 1)  # NIXL's UCX backend in a child, as doctor runs it
         if probe is None or probe.get("status") != "ok":
-            pytest.skip(f"NIXL cannot move KV on this host now (doctor's loopback: {probe}); nothing FP8 about it")
+            pytest.skip(f"NIXL cannot move KV on this host now with the nodes' UCX settings (doctor's loopback: "
+                        f"{probe}); nothing FP8 about it")
     clusters.stop()  # one cluster at a time
     (prefill, prefill_port), (decode, decode_port) = (_start("prefill", transport, "0", tmp_path),
                                                       _start("decode", transport, "1", tmp_path))
