@@ -1,4 +1,5 @@
-"""Registers bench's subcommands on the `disagg` CLI: `bench serve`, `bench compare`, `bench transport`, `kv-size`.
+"""Registers bench's subcommands on the `disagg` CLI: `bench serve`, `bench compare`, `bench transport`,
+`bench quality`, `kv-size`.
 
 `disagg.cli` calls `add_parsers(subparsers)`; each leaf parser sets `func(args) -> int` (the exit code).
 """
@@ -7,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from bench import compare_cli, kv_size_cli, serve_cli, transport_cli
+from bench import compare_cli, kv_size_cli, quality_cli, serve_cli, transport_cli
 
 _FORMATTER = argparse.RawDescriptionHelpFormatter
 
@@ -71,6 +72,7 @@ examples:
 TRANSPORT_DESCRIPTION = """\
 Moves KV-shaped buffers (16 layers of 64 KiB blocks) between two processes on 127.0.0.1 with:
   tcp-connector  our TCP KV connector's block server and pull client (frames, CRC-32C)
+  tcp-connector-int8|bf16|fp16  the same with float32 KV converted to that wire dtype and restored
   nixl-ucx       a NIXL READ of the blocks, UCX with its default transports
   nixl-ucx-tcp   the same with UCX restricted to TCP (UCX_TLS=tcp)
   socket         a plain blocking TCP socket (sendall -> recv_into)
@@ -113,3 +115,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         description=TRANSPORT_DESCRIPTION, epilog=TRANSPORT_EPILOG, formatter_class=_FORMATTER)
     transport_cli.add_arguments(transport_parser)
     transport_parser.set_defaults(func=transport_cli.run)
+    quality_parser = bench_sub.add_parser(
+        "quality", help="KV wire dtypes vs colocated: identical outputs, first divergence, log-prob difference",
+        description=quality_cli.DESCRIPTION, epilog=quality_cli.EPILOG, formatter_class=_FORMATTER)
+    quality_cli.add_arguments(quality_parser)
+    quality_parser.set_defaults(func=quality_cli.run)

@@ -22,6 +22,7 @@ from core.errors import ConfigError
 from core.host import Platform
 from core.kv_geometry import KVGeometry, model_geometry
 from core.messages import NodeInfo
+from node.kv_cache_dtype import FP8_KV_CACHE_DTYPES, fp8_kv_cache_support
 from node.role import NodeRole
 from node.settings import NodeSettings
 from transport import registry
@@ -71,6 +72,8 @@ class NodeLaunch:
             cmd.append("--enforce-eager")  # compiling takes minutes on a CPU and gains little there
         if not engine.prefix_caching:
             cmd.append("--no-enable-prefix-caching")
+        if engine.kv_cache_dtype != "auto":
+            cmd += ["--kv-cache-dtype", engine.kv_cache_dtype]
         transfer = self.kv_transfer_config()
         if transfer is not None:
             cmd += ["--kv-transfer-config", json.dumps(transfer)]
@@ -111,10 +114,15 @@ def resolve(settings: NodeSettings, role: NodeRole, platform: Platform, *,
         raise ConfigError(f"settings are for a {settings.role} node, not a {role.name} node")
     model_dir = model.resolve_model(settings.model)
     dtype = settings.engine.dtype or ("auto" if platform.cuda else "float32")
+    kv_cache_dtype = settings.engine.kv_cache_dtype
+    if kv_cache_dtype in FP8_KV_CACHE_DTYPES:
+        supported, why = fp8_kv_cache_support(platform)
+        if not supported:
+            raise ConfigError(f"--kv-cache-dtype {kv_cache_dtype}: not on this host: {why}")
     try:
-        geometry = model_geometry(model_dir, dtype)
+        geometry = model_geometry(model_dir, dtype, kv_cache_dtype)
     except ValueError as exc:
-        raise ConfigError(f"--dtype {dtype}: {exc}") from None
+        raise ConfigError(f"--dtype {dtype} --kv-cache-dtype {kv_cache_dtype}: {exc}") from None
     facts = LinkFacts(peer_host=settings.kv_peer, peer_is_local=is_local_address(settings.kv_peer),
                       rdma_devices=platform.rdma_devices, cuda=platform.cuda)
     choice = registry.choose(settings.transport, facts)
@@ -142,7 +150,8 @@ def _link(settings: NodeSettings, role: NodeRole, platform: Platform, peer_is_lo
     return KvLink(role=role.name, kv_host=settings.kv_host, kv_port=settings.kv_port,
                   kv_bind_host=settings.kv_bind_host, kv_buffer_device=device, lease_s=engine.kv_lease_s,
                   transfer_timeout_s=engine.kv_transfer_timeout_s, link=settings.kv_link,
-                  net_device=settings.kv_net_device, peer_is_local=peer_is_local)
+                  net_device=settings.kv_net_device, peer_is_local=peer_is_local,
+                  kv_wire_dtype=engine.kv_wire_dtype, kv_link_gbit_per_s=engine.kv_link_gbit_per_s)
 
 
 def _cpu_cores(settings: NodeSettings, role: NodeRole, platform: Platform) -> str | None:

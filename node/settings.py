@@ -43,10 +43,27 @@ class EngineSettings(_Frozen):
     kv_transfer_timeout_s: float = Field(
         30.0, ge=0.1, le=3600, description="tcp transport: seconds one KV pull may take end to end (both sides); "
         "past it the decode node gives up and computes the prompt itself (raise it for large KV on slow links)")
+    kv_cache_dtype: Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"] = Field(
+        "auto", description="vLLM's --kv-cache-dtype on both nodes: auto (the model dtype) or an FP8 type (one byte "
+        "per KV element: half of fp16's KV bytes, a quarter of fp32's; CPU hosts need x86 with AVX-512 or AMX, see "
+        "node/kv_cache_dtype.py)")
+    kv_wire_dtype: Literal["native", "bf16", "fp16", "int8", "auto"] = Field(
+        "native", description="tcp transport, decode side: what the KV crosses the link as (native: the cache's own "
+        "bytes; bf16/fp16: cast to 2 bytes; int8: one scale per token and head, ~3.8x fewer bytes than fp32; auto: per "
+        "pull by a cost model, needs --kv-link-gbit-per-s); a request's kv_transfer_params kv_wire_dtype overrides it")
+    kv_link_gbit_per_s: float | None = Field(
+        None, gt=0, description="tcp transport, decode side: the KV link's bandwidth in Gbit/s, for --kv-wire-dtype auto")
     restart_on_crash: int = Field(0, ge=0, json_schema_extra={"metavar": "N"}, description=(
         "restart the vLLM server when it dies, up to N times, instead of stopping the node (0: stop; the router "
         "then sees the node go down)"))
     vllm_args: tuple[str, ...] = Field((), description="extra vLLM arguments as one JSON list of strings")
+
+
+    @model_validator(mode="after")
+    def _auto_needs_a_link(self) -> "EngineSettings":
+        if self.kv_wire_dtype == "auto" and self.kv_link_gbit_per_s is None:
+            raise ValueError("kv_wire_dtype auto needs kv_link_gbit_per_s (the KV link's bandwidth)")
+        return self
 
 
 class NodeSettings(_Frozen):

@@ -29,7 +29,8 @@ class KvLink:
     for the transfer ("cpu": a pinned host buffer; "cuda": GPU memory, needs GPUDirect RDMA); `lease_s` how
     long a prefill node keeps blocks nobody pulls; `transfer_timeout_s` how long one pull may take;
     `link` and `net_device` the kind of link and its device (UCX's view: roce, ib, tcp, shm, auto);
-    `peer_is_local` whether the peer node runs on this host.
+    `peer_is_local` whether the peer node runs on this host; `kv_wire_dtype` and `kv_link_gbit_per_s` what
+    the decode side asks the KV to cross the link as (a transport that cannot convert ignores them).
     """
 
     role: Role
@@ -42,6 +43,8 @@ class KvLink:
     link: str = "auto"
     net_device: str = ""
     peer_is_local: bool = False  # the peer node runs on this host (a transport may use shared memory)
+    kv_wire_dtype: str = "native"  # what a pull asks the KV to cross the link as (tcp: transport.tcp.wire_dtype)
+    kv_link_gbit_per_s: float | None = None  # the link's bandwidth, for kv_wire_dtype "auto"
 
 
 @dataclass(frozen=True)

@@ -155,7 +155,8 @@ def test_cli_writes_json_and_refuses_bad_options(tmp_path, capsys):
 
 
 def test_methods_are_the_registered_transports_then_the_baselines():
-    assert method_names() == ("tcp-connector", "nixl-ucx", "nixl-ucx-tcp", SOCKET, MEMCPY)
+    assert method_names() == ("tcp-connector", "nixl-ucx", "nixl-ucx-tcp", "tcp-connector-int8",
+                              "tcp-connector-bf16", "tcp-connector-fp16", SOCKET, MEMCPY)
     from transport import registry
 
     declared = {m.name for t in registry.all_transports() for m in t.bench_methods}

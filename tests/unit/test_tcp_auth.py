@@ -134,7 +134,7 @@ def test_pull_frame_layout_and_proof():
     frame = wire.encode_pull("r", pull, b"k")
     header = wire.decode_header(frame[:20])
     payload = frame[21:]
-    assert header.payload_nbytes == 20 + auth.PROOF_NBYTES == len(payload)
+    assert header.payload_nbytes == 21 + auth.PROOF_NBYTES == len(payload)  # v4: + the wire dtype byte
     assert wire.split_pull(payload) == (pull, auth.proof(b"k", FrameType.PULL, b"r", pull.encode()))
     assert wire.split_pull(wire.encode_pull("r", pull, None)[21:]) == (pull, b"")
     with pytest.raises(wire.ProtocolError):

@@ -178,7 +178,8 @@ def test_bench_transport_lists_and_runs_the_dummy_method(dummy_last, capsys):
     with pytest.raises(SystemExit):
         main(["bench", "transport", "--help"])
     help_text = "".join(capsys.readouterr().out.split())  # argparse wraps and breaks the long list
-    assert f"subsetoftcp-connector,nixl-ucx,nixl-ucx-tcp,{DUMMY_METHOD},socket,memcpy" in help_text
+    assert (f"subsetoftcp-connector,nixl-ucx,nixl-ucx-tcp,tcp-connector-int8,tcp-connector-bf16,tcp-connector-fp16,"
+            f"{DUMMY_METHOD},socket,memcpy") in help_text
     assert main(["bench", "transport", "--sizes-mb", "1", "--repeats", "2", "--methods", f"{DUMMY_METHOD},memcpy",
                  "--json"]) == 0
     results = json.loads(capsys.readouterr().out)

@@ -20,6 +20,8 @@ class BlockStore(Protocol):
     layout_id: int  # CRC-32 of the per-block layout; a pull between different layouts is refused
     block_nbytes: int  # bytes of one block, all layers together
     num_blocks: int
+    kv_dtype: str | None  # the elements' dtype (torch's name, "float32"), None for untyped bytes
+    row_elements: int | None  # elements per row (one token's K or V in one head): what int8 scales over
 
     def read_views(self, block_ids: Sequence[int]) -> list[memoryview]:
         """The bytes of these blocks, in wire order, valid until the caller drops them."""
@@ -79,11 +81,13 @@ class LayerRegion:
 class RegionBlockStore:
     """Blocks sent from and received into the KV memory itself (zero copy)."""
 
-    def __init__(self, regions: Sequence[LayerRegion], layout_id: int) -> None:
+    def __init__(self, regions: Sequence[LayerRegion], layout_id: int, kv_dtype: str | None = None,
+                 row_elements: int | None = None) -> None:
         if not regions:
             raise ValueError("no KV layers")
         self.regions = list(regions)
         self.layout_id = layout_id
+        self.kv_dtype, self.row_elements = kv_dtype, row_elements
         self.block_nbytes = sum(r.block_nbytes for r in self.regions)
         self.num_blocks = min(r.num_blocks for r in self.regions)
 
@@ -95,8 +99,10 @@ class RegionBlockStore:
         return self.read_views(block_ids), _nothing
 
     @classmethod
-    def from_arrays(cls, arrays: Sequence[object], layout_id: int | None = None) -> RegionBlockStore:
-        """From C-contiguous arrays (numpy, or anything with the buffer protocol) whose first axis is the block."""
+    def from_arrays(cls, arrays: Sequence[object], layout_id: int | None = None, kv_dtype: str | None = None,
+                    row_elements: int | None = None) -> RegionBlockStore:
+        """From C-contiguous arrays (numpy, or anything with the buffer protocol) whose first axis is the block;
+        `kv_dtype` and `row_elements` say what the bytes are, for wire dtypes other than native."""
         regions = []
         for array in arrays:
             view = memoryview(array)  # type: ignore[arg-type]
@@ -106,7 +112,7 @@ class RegionBlockStore:
             regions.append(LayerRegion(flat, block, block))
         if layout_id is None:
             layout_id = layout_id_of(";".join(f"{r.block_nbytes}" for r in regions))
-        return cls(regions, layout_id)
+        return cls(regions, layout_id, kv_dtype, row_elements)
 
 
 def _nothing() -> None:

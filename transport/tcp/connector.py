@@ -67,7 +67,8 @@ class DisaggTcpConnector(KVConnectorBase_V1):
         else:
             from transport.tcp.worker_side import TcpConnectorWorker
 
-            self.worker = TcpConnectorWorker(self.settings, serve_blocks=transfer_config.is_kv_producer)
+            self.worker = TcpConnectorWorker(self.settings, serve_blocks=transfer_config.is_kv_producer,
+                                             head_size=_head_size(kv_cache_config))
 
     # ---- scheduler side -------------------------------------------------------------------------------
 
@@ -170,6 +171,12 @@ def _check_supported(vllm_config: VllmConfig, kv_cache_config: KVCacheConfig) ->
         raise NotImplementedError(f"DisaggTcpConnector supports parallel size 1 only, not {sizes}")
     if len(kv_cache_config.kv_cache_groups) > 1:
         raise NotImplementedError("DisaggTcpConnector supports one KV cache group (full attention) only")
+
+
+def _head_size(kv_cache_config: KVCacheConfig) -> int | None:
+    """The KV heads' size: a row of the wire codec (one token's K or V in one head)."""
+    groups = kv_cache_config.kv_cache_groups
+    return getattr(groups[0].kv_cache_spec, "head_size", None) if groups else None
 
 
 def _route_logs_through_vllm() -> None:

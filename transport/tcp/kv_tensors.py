@@ -35,7 +35,9 @@ def ordered_layers(kv_caches: dict[str, torch.Tensor]) -> list[tuple[str, torch.
     return layers
 
 
-def build_block_store(kv_caches: dict[str, torch.Tensor]) -> BlockStore:
+def build_block_store(kv_caches: dict[str, torch.Tensor], head_size: int | None = None) -> BlockStore:
+    """The KV tensors as a block store. `head_size` (from vLLM's KV cache spec) is the row the wire codec
+    converts (`transport.tcp.codec`); without it, or when a block is not whole rows, only native is sent."""
     layers = ordered_layers(kv_caches)
     if not layers:
         raise ValueError("no KV cache tensors to transfer")
@@ -46,11 +48,13 @@ def build_block_store(kv_caches: dict[str, torch.Tensor]) -> BlockStore:
     description = ";".join(f"{name}:{tuple(t.shape[1:])}:{t.dtype}" for name, t in layers)
     layout_id = layout_id_of(description)
     direct = all(t.device.type == "cpu" and t[0].is_contiguous() for t in tensors)
-    store: BlockStore = (RegionBlockStore([_region(t) for t in tensors], layout_id) if direct
-                         else StagingBlockStore(tensors, layout_id))
-    logger.info("TCP KV store: %d layers x %d blocks, %d bytes per block, layer shape %s %s, layout %#010x, %s",
-                len(tensors), num_blocks, store.block_nbytes, tuple(tensors[0].shape), tensors[0].dtype,
-                layout_id, "in place" if direct else "staged")
+    kv_dtype = str(tensors[0].dtype).removeprefix("torch.")
+    rows = head_size if head_size and all(t[0].numel() % head_size == 0 for t in tensors) else None
+    store: BlockStore = (RegionBlockStore([_region(t) for t in tensors], layout_id, kv_dtype, rows) if direct
+                         else StagingBlockStore(tensors, layout_id, rows))
+    logger.info("TCP KV store: %d layers x %d blocks, %d bytes per block, layer shape %s %s, layout %#010x, %s, "
+                "rows of %s elements", len(tensors), num_blocks, store.block_nbytes, tuple(tensors[0].shape),
+                tensors[0].dtype, layout_id, "in place" if direct else "staged", rows)
     return store
 
 
@@ -71,9 +75,11 @@ class StagingBlockStore:
     (the only CUDA-specific step, taken only when the tensors are on a GPU; not tested on CPU-only CI).
     """
 
-    def __init__(self, tensors: Sequence[torch.Tensor], layout_id: int) -> None:
+    def __init__(self, tensors: Sequence[torch.Tensor], layout_id: int, row_elements: int | None = None) -> None:
         self.tensors = list(tensors)
         self.layout_id = layout_id
+        self.kv_dtype: str | None = str(self.tensors[0].dtype).removeprefix("torch.")
+        self.row_elements = row_elements
         self.num_blocks = int(self.tensors[0].shape[0])
         self.block_nbytes = sum(t[0].numel() * t.element_size() for t in self.tensors)
         self._pin_memory = self.tensors[0].is_cuda

@@ -17,6 +17,7 @@ class PullSpec:
     local_block_ids: list[int]
     first_remote_block: int  # remote blocks before it are already cached locally (prefix cache hit)
     awaiting: bool  # the scheduler holds the request in WAITING_FOR_REMOTE_KVS until this pull reports
+    wire_dtype: str | None = None  # the request's kv_transfer_params["kv_wire_dtype"]; None: the node's setting
 
 
 @dataclass

@@ -20,6 +20,10 @@ class TcpTransport(Transport):
     bench_methods = (
         BenchMethod("tcp-connector", "our TCP KV connector: BlockServer -> pull_blocks, framed, CRC-32C, 2 processes",
                     "bench.xfer.peers:TcpConnectorSource", "bench.xfer.peers:TcpConnectorSink"),
+        *(BenchMethod(f"tcp-connector-{wire}", f"the same, float32 KV sent as {wire} ({what}) and restored; GB/s of "
+                      "KV delivered", "bench.xfer.wire_peers:FloatKvSource", f"bench.xfer.wire_peers:{sink}")
+          for wire, what, sink in (("int8", "a scale per row of 64: 68/256 of the bytes", "Int8Sink"),
+                                   ("bf16", "half the bytes", "Bf16Sink"), ("fp16", "half the bytes", "Fp16Sink"))),
     )
 
     def fit_for_auto(self, facts: LinkFacts) -> Fit:
@@ -30,6 +34,10 @@ class TcpTransport(Transport):
                                  "transfer_timeout_s": link.transfer_timeout_s}
         if link.kv_bind_host is not None:
             extra["bind_host"] = link.kv_bind_host
+        if link.kv_wire_dtype != "native":
+            extra["wire_dtype"] = link.kv_wire_dtype
+        if link.kv_link_gbit_per_s is not None:
+            extra["link_gbit_per_s"] = link.kv_link_gbit_per_s
         return {"kv_connector": "DisaggTcpConnector", "kv_connector_module_path": "transport.tcp.connector",
                 "kv_connector_extra_config": extra}
 

@@ -3,7 +3,8 @@
 Prefill (`do_remote_decode`): when a request finishes, keep its blocks (delay free), publish them to the
 worker's block server for `lease_s`, and return their ids and the server's endpoint as `kv_transfer_params`.
 Decode (`do_remote_prefill`): report the prompt as loadable asynchronously, and once blocks are allocated,
-tell the worker to pull into them. Every request that carried remote blocks is either pulled or released,
+tell the worker to pull into them, in the wire dtype the request's `kv_transfer_params["kv_wire_dtype"]`
+names (else the node's `wire_dtype` setting). Every request that carried remote blocks is either pulled or released,
 so the prefill side never holds blocks longer than one transfer or one lease.
 """
 
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from transport.tcp.metadata import PullSpec, TcpConnectorMetadata
 from transport.tcp.settings import TcpConnectorSettings
+from transport.tcp.wire_dtype import AUTO, WIRE_DTYPES
 
 if TYPE_CHECKING:
     from vllm.v1.core.kv_cache_manager import KVCacheBlocks
@@ -22,6 +24,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _REMOTE_KEYS = ("remote_request_id", "remote_host", "remote_port")
+WIRE_DTYPE_PARAM = "kv_wire_dtype"  # decode request's kv_transfer_params: this pull's wire dtype
 
 
 class TcpConnectorScheduler:
@@ -117,4 +120,19 @@ def _pull_spec(params: dict[str, Any], local_block_ids: list[int], first_remote_
                awaiting: bool) -> PullSpec:
     return PullSpec(remote_request_id=str(params["remote_request_id"]), remote_host=str(params["remote_host"]),
                     remote_port=int(params["remote_port"]), local_block_ids=list(local_block_ids),
-                    first_remote_block=first_remote_block, awaiting=awaiting)
+                    first_remote_block=first_remote_block, awaiting=awaiting,
+                    wire_dtype=requested_wire_dtype(params))
+
+
+def requested_wire_dtype(params: dict[str, Any]) -> str | None:
+    """A request's `kv_transfer_params["kv_wire_dtype"]` (native, bf16, fp16, int8 or auto), or None for the
+    node's setting; an unknown value is logged and the node's setting used (the request is not failed for it)."""
+    value = params.get(WIRE_DTYPE_PARAM)
+    if value is None:
+        return None
+    name = str(value).strip().lower()
+    if name != AUTO and name not in WIRE_DTYPES:
+        logger.warning("kv_transfer_params %s=%r is not one of %s; using the node's setting", WIRE_DTYPE_PARAM,
+                       value, ", ".join((*WIRE_DTYPES, AUTO)))
+        return None
+    return name

@@ -1,7 +1,9 @@
 """Prefill side: the block server, a thread that serves published KV blocks to decode nodes over TCP.
 
 One connection carries one exchange (PULL -> DATA, then RELEASE -> RELEASED) or a lone RELEASE. Blocks are
-sent straight from the KV memory the `BlockStore` points at. Anything unexpected (unknown or expired
+sent straight from the KV memory the `BlockStore` points at, or, when the PULL asks for another wire dtype,
+converted frame by frame (`transport.tcp.codec`, about 1 MiB of KV per frame, so converting the next frame
+overlaps sending the last) into one staging buffer per connection. Anything unexpected (unknown or expired
 request, blocks outside what was published, a different KV layout, a frame over the limits, a bad
 checksum, a PULL or RELEASE that does not prove the cluster token when this node has one) is answered
 with an ERROR frame and the connection is closed. A test-only fault hook (`transport.tcp.faults`, off
@@ -14,27 +16,30 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 
 from transport.tcp import auth, stream, wire
 from transport.tcp.blocks import BlockStore
 from transport.tcp.faults import Fault, FaultFile, corrupted, cut
 from transport.tcp.lease import LeaseTable, UnknownRequestError
 from transport.tcp.wire import ErrorCode, FrameType, PullRequest
+from transport.tcp.wire_dtype import WireDtype, effective
 
 logger = logging.getLogger(__name__)
 
 ServedCallback = Callable[[str, int, float], None]  # request id, bytes, seconds
 RefusedCallback = Callable[[ErrorCode], None]
 ACCEPT_POLL_S = 0.5
+CODEC_FRAME_KV_NBYTES = 2**20  # KV converted per DATA frame when the wire dtype is not native
 
 
 class _Refused(Exception):
-    def __init__(self, code: ErrorCode, message: str, request_id: str = "") -> None:
+    def __init__(self, code: ErrorCode, message: str, request_id: str = "", reply_version: int = wire.VERSION) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.request_id = request_id
+        self.reply_version = reply_version
 
 
 class _HangUp(Exception):
@@ -120,7 +125,8 @@ class BlockServer:
                     logger.warning("refused %s: %s", peer, refusal.message)
                     if self._on_refused is not None:
                         self._on_refused(refusal.code)
-                    _send_quietly(conn, wire.encode_error(refusal.request_id, refusal.code, refusal.message))
+                    _send_quietly(conn, wire.encode_error(refusal.request_id, refusal.code, refusal.message,
+                                                          refusal.reply_version))
                     return
                 except _HangUp:
                     return
@@ -138,6 +144,11 @@ class BlockServer:
             header, rid = got
             payload = wire.read_control_payload(conn, header, rid, deadline_s)
             request_id = rid.decode()
+        except wire.VersionMismatchError as exc:
+            version = exc.peer_version if exc.peer_version in wire.ERROR_COMPATIBLE_VERSIONS else wire.VERSION
+            raise _Refused(ErrorCode.BAD_FRAME, f"this prefill node speaks TCP KV wire version {wire.VERSION}, the "
+                           f"decode node sent version {exc.peer_version}: run the same disagg release on both nodes",
+                           reply_version=version) from None
         except wire.FrameTooLargeError as exc:
             raise _Refused(ErrorCode.FRAME_TOO_LARGE, str(exc)) from None
         except (wire.ProtocolError, wire.ChecksumError, UnicodeDecodeError) as exc:
@@ -173,7 +184,7 @@ class BlockServer:
             selected = self._select_blocks(request_id, block_ids, pull)
             fault = self._faults.take() if self._faults is not None else None
             started_s = time.perf_counter()
-            nbytes = self._send_blocks(conn, request_id.encode(), selected, deadline_s, fault)
+            nbytes = self._send_blocks(conn, request_id.encode(), selected, deadline_s, fault, pull.wire_dtype)
             seconds = time.perf_counter() - started_s
         finally:
             self.leases.checkin(request_id)
@@ -187,6 +198,9 @@ class BlockServer:
             raise _Refused(ErrorCode.LAYOUT_MISMATCH,
                            f"peer layout {pull.layout_id:#x}/{pull.block_nbytes} B per block, "
                            f"here {self.store.layout_id:#x}/{self.store.block_nbytes} B", request_id)
+        if effective(pull.wire_dtype, self.store.kv_dtype) is not pull.wire_dtype:
+            raise _Refused(ErrorCode.LAYOUT_MISMATCH, f"wire dtype {pull.wire_dtype.label} does not apply to this "
+                                                      f"node's KV ({self.store.kv_dtype or 'untyped bytes'})", request_id)
         end = pull.first_block + pull.num_blocks
         if pull.num_blocks == 0 or end > len(block_ids):
             raise _Refused(ErrorCode.BAD_RANGE, f"blocks {pull.first_block}..{end - 1} of request "
@@ -194,21 +208,22 @@ class BlockServer:
         return block_ids[pull.first_block:end]
 
     def _send_blocks(self, conn: socket.socket, rid: bytes, block_ids: list[int], deadline_s: float,
-                     fault: Fault | None = None) -> int:
-        """Send the blocks as DATA frames, each (header and pieces) in one system call.
+                     fault: Fault | None = None, wire_dtype: WireDtype = WireDtype.NATIVE) -> int:
+        """Send the blocks as DATA frames, each (header and pieces) in one system call; returns the bytes sent.
 
         An injected fault (tests only) flips a byte of the first frame after its checksum, or hangs up
         after half the bytes, or goes silent after half the bytes until the peer gives up.
         """
-        cursor = wire.ByteCursor(self.store.read_views(block_ids))
-        nbytes = cursor.remaining
+        views = self.store.read_views(block_ids)
+        nbytes, frames = self._frames(views, wire_dtype)
         budget_nbytes = nbytes // 2 if fault in (Fault.TRUNCATE, Fault.STALL) else nbytes + 1
-        while cursor.remaining:
-            chunk = cursor.take(min(cursor.remaining, wire.MAX_DATA_PAYLOAD_BYTES))
+        first = True
+        for chunk in frames:
             chunk_nbytes = sum(len(piece) for piece in chunk)
             header = wire.encode_header(FrameType.DATA, rid, chunk_nbytes, wire.checksum(rid, chunk))
-            if fault is Fault.CORRUPT and cursor.remaining + chunk_nbytes == nbytes:
+            if fault is Fault.CORRUPT and first:
                 chunk = corrupted(chunk)
+            first = False
             if chunk_nbytes >= budget_nbytes:
                 stream.send_buffers(conn, [header, *cut(chunk, budget_nbytes)], deadline_s)
                 if fault is Fault.STALL:
@@ -217,6 +232,32 @@ class BlockServer:
             budget_nbytes -= chunk_nbytes
             stream.send_buffers(conn, [header, *chunk], deadline_s)
         return nbytes
+
+    def _frames(self, views: Sequence[memoryview], wire_dtype: WireDtype) -> tuple[int, Iterator[list[memoryview]]]:
+        """(bytes on the wire, the DATA frames' payloads): the KV views themselves, or their conversion."""
+        cursor = wire.ByteCursor(views)
+        if wire_dtype is WireDtype.NATIVE:
+            def native() -> Iterator[list[memoryview]]:
+                while cursor.remaining:
+                    yield cursor.take(min(cursor.remaining, wire.MAX_DATA_PAYLOAD_BYTES))
+            return cursor.remaining, native()
+        codec = self._codec(wire_dtype)
+        frame_kv_nbytes = max(1, CODEC_FRAME_KV_NBYTES // codec.kv_row_nbytes) * codec.kv_row_nbytes
+        staging = memoryview(bytearray(codec.wire_nbytes(min(frame_kv_nbytes, cursor.remaining))))
+
+        def converted() -> Iterator[list[memoryview]]:  # each payload is valid until the next is asked for
+            while cursor.remaining:
+                written = codec.encode(cursor.take(min(cursor.remaining, frame_kv_nbytes)), staging)
+                yield [staging[:written]]
+        return codec.wire_nbytes(cursor.remaining), converted()
+
+    def _codec(self, wire_dtype: WireDtype):  # -> transport.tcp.codec.Codec (imports torch and numba)
+        try:
+            from transport.tcp.codec import Codec
+        except ImportError as exc:
+            raise _Refused(ErrorCode.INTERNAL, f"cannot convert to wire dtype {wire_dtype.label}: {exc}") from None
+        assert self.store.kv_dtype is not None and self.store.row_elements is not None
+        return Codec(wire_dtype, self.store.kv_dtype, self.store.row_elements)
 
 
 def _wait_for_peer_to_leave(conn: socket.socket, deadline_s: float) -> None:

@@ -14,6 +14,11 @@ Keys, all optional (units in the names):
   engine publishes a finished request one scheduler step after answering it (with async scheduling, after
   one more forward pass). Released and expired requests are refused at once.
 - `max_concurrent_pulls` (2): decode side, pulls running at once.
+- `wire_dtype` ("native"): decode side, the wire dtype this node's pulls ask for (`transport.tcp.wire_dtype`:
+  native, bf16, fp16, int8) unless a request's `kv_transfer_params["kv_wire_dtype"]` names another; "auto"
+  picks one per pull by the cost model of `transport.tcp.wire_choice` (needs `link_gbit_per_s`). The prefill
+  side converts to whatever a pull asks for; this setting does not matter there.
+- `link_gbit_per_s` (unset): decode side, the KV link's bandwidth in Gbit/s (10^9 bit/s), for "auto".
 - `gil_switch_interval_s` (unset): if set, `sys.setswitchinterval` for the vLLM worker process. The
   transfer threads share the GIL with a worker thread that is busy whenever the engine steps; each
   blocking call then costs up to one interval (Python's default 5 ms) to get the GIL back.
@@ -34,6 +39,7 @@ from typing import Any
 
 from transport.tcp.auth import CLUSTER_TOKEN_ENV, normalize_token
 from transport.tcp.faults import FAULT_FILE_ENV
+from transport.tcp.wire_dtype import AUTO, parse
 
 _FROM_ENVIRONMENT = ("cluster_token", "fault_file")
 
@@ -51,6 +57,8 @@ class TcpConnectorSettings:
     publish_wait_s: float = 10.0
     max_concurrent_pulls: int = 2
     gil_switch_interval_s: float | None = None
+    wire_dtype: str = "native"
+    link_gbit_per_s: float | None = None
     cluster_token: bytes | None = field(default=None, repr=False)  # a secret: never logged
     fault_file: str | None = None  # tests only
 
@@ -67,12 +75,22 @@ class TcpConnectorSettings:
             raise ValueError(f"publish_wait_s must be >= 0, not {self.publish_wait_s!r}")
         if self.gil_switch_interval_s is not None and not 0 < float(self.gil_switch_interval_s) <= 0.1:
             raise ValueError(f"gil_switch_interval_s must be in (0, 0.1], not {self.gil_switch_interval_s!r}")
+        if self.wire_dtype != AUTO:
+            parse(self.wire_dtype)  # ValueError naming the known ones
+        elif self.link_gbit_per_s is None:
+            raise ValueError('wire_dtype "auto" needs link_gbit_per_s (the KV link\'s bandwidth)')
+        if self.link_gbit_per_s is not None and not float(self.link_gbit_per_s) > 0:
+            raise ValueError(f"link_gbit_per_s must be > 0, not {self.link_gbit_per_s!r}")
         if int(self.max_concurrent_pulls) < 1:
             raise ValueError(f"max_concurrent_pulls must be >= 1, not {self.max_concurrent_pulls!r}")
 
     @property
     def listen_host(self) -> str:
         return self.bind_host or self.host
+
+    @property
+    def link_bytes_per_s(self) -> float | None:
+        return None if self.link_gbit_per_s is None else float(self.link_gbit_per_s) * 1e9 / 8
 
     @classmethod
     def from_extra_config(cls, extra: Mapping[str, Any] | None,

@@ -1,5 +1,9 @@
 """Bytes and seconds of every TCP KV transfer, through vLLM's connector stats and Prometheus hooks.
 
+Bytes are counted as they cross the wire (`vllm:disagg_tcp_kv_pulled_bytes_total` on the decode node,
+`..._served_bytes_total` on the prefill node); the KV they restore, in the cache's dtype, is
+`vllm:disagg_tcp_kv_restored_bytes_total`. With the native wire dtype the two are equal.
+
 Workers record into `TcpKVConnectorStats`; vLLM aggregates it across workers, logs `reduce()` as
 `KV Transfer metrics: ...` in the server log and passes the raw lists to `TcpPromMetrics.observe`.
 """
@@ -19,8 +23,8 @@ from vllm.distributed.kv_transfer.kv_connector.v1.metrics import (
 )
 from vllm.v1.metrics.utils import create_metric_per_engine
 
-_LISTS = ("pull_seconds", "pull_bytes", "serve_seconds", "serve_bytes", "failed_pulls", "expired_leases",
-          "unauthorized")
+_LISTS = ("pull_seconds", "pull_bytes", "pull_kv_bytes", "serve_seconds", "serve_bytes", "failed_pulls",
+          "expired_leases", "unauthorized")
 _MIB = 2**20
 
 
@@ -35,9 +39,11 @@ class TcpKVConnectorStats(KVConnectorStats):
     def reset(self) -> None:
         self.data = {key: [] for key in _LISTS}
 
-    def record_pull(self, nbytes: int, seconds: float) -> None:
+    def record_pull(self, nbytes: int, seconds: float, kv_nbytes: int | None = None) -> None:
+        """A pull that moved `nbytes` on the wire and restored `kv_nbytes` of KV (default: the same)."""
         self.data["pull_bytes"].append(nbytes)
         self.data["pull_seconds"].append(seconds)
+        self.data.setdefault("pull_kv_bytes", []).append(nbytes if kv_nbytes is None else kv_nbytes)
 
     def record_serve(self, nbytes: int, seconds: float) -> None:
         self.data["serve_bytes"].append(nbytes)
@@ -106,7 +112,11 @@ class TcpPromMetrics(KVConnectorPromMetrics):
         self.pull_seconds = per_engine(self._histogram_cls, "vllm:disagg_tcp_kv_pull_seconds",
                                        "Seconds per TCP KV pull (decode side).", buckets=time_buckets_s)
         self.pull_bytes = per_engine(self._counter_cls, "vllm:disagg_tcp_kv_pulled_bytes",
-                                     "Bytes of KV pulled over TCP (decode side).")
+                                     "Bytes of KV pulled over TCP, as moved on the wire (decode side; fewer than "
+                                     "the KV restored when the wire dtype is not native).")
+        self.pull_kv_bytes = per_engine(self._counter_cls, "vllm:disagg_tcp_kv_restored_bytes",
+                                        "Bytes of KV restored into the KV cache by TCP pulls, in the cache's dtype "
+                                        "(decode side; pulled/restored is the wire's compression).")
         self.serve_bytes = per_engine(self._counter_cls, "vllm:disagg_tcp_kv_served_bytes",
                                       "Bytes of KV served over TCP (prefill side).")
         self.failed_pulls = per_engine(self._counter_cls, "vllm:disagg_tcp_kv_failed_pulls",
@@ -120,7 +130,8 @@ class TcpPromMetrics(KVConnectorPromMetrics):
     def observe(self, transfer_stats_data: dict[str, Any], engine_idx: int = 0) -> None:
         for seconds in transfer_stats_data.get("pull_seconds", []):
             self.pull_seconds[engine_idx].observe(seconds)
-        for metric, key in ((self.pull_bytes, "pull_bytes"), (self.serve_bytes, "serve_bytes"),
+        for metric, key in ((self.pull_bytes, "pull_bytes"), (self.pull_kv_bytes, "pull_kv_bytes"),
+                            (self.serve_bytes, "serve_bytes"),
                             (self.failed_pulls, "failed_pulls"), (self.expired_leases, "expired_leases"),
                             (self.unauthorized, "unauthorized")):
             total = sum(transfer_stats_data.get(key, []))

@@ -9,10 +9,13 @@ with the GIL released, three times zlib's CRC-32) covers the request id and the 
 one connection:
 
     decode -> prefill   PULL     payload: first block u32 | num blocks u32 | bytes per block u64 | layout id u32
-                                 | proof (0 or 32 bytes)
-    prefill -> decode   DATA...  the blocks' raw KV bytes, layer by layer, block by block, cut into frames of
-                                 at most MAX_DATA_PAYLOAD_BYTES that add up to exactly the bytes asked for
-                                 (each frame checked on its own, so checking overlaps sending)
+                                 | wire dtype u8 | proof (0 or 32 bytes)
+    prefill -> decode   DATA...  the blocks' KV, layer by layer, block by block, in the wire dtype asked for
+                                 (`transport.tcp.wire_dtype`: 0 native = the raw KV bytes; 1 bf16, 2 fp16,
+                                 3 int8 = each frame whole rows converted by `transport.tcp.codec`), cut into
+                                 frames of at most MAX_DATA_PAYLOAD_BYTES that add up to exactly the bytes
+                                 asked for (each frame checked on its own, so checking overlaps sending; the
+                                 CRC-32C covers the bytes sent, i.e. the converted ones)
                         or ERROR payload: code u16 | UTF-8 message
     decode -> prefill   RELEASE  payload: proof (0 or 32 bytes); the decode side is done with the blocks: free them
     prefill -> decode   RELEASED (empty)
@@ -23,6 +26,10 @@ answers a PULL or RELEASE without a valid proof with ERROR `UNAUTHORIZED`, befor
 
 Control frames (PULL, RELEASE, RELEASED, ERROR) carry at most MAX_CONTROL_PAYLOAD_BYTES. A frame over its
 limit, or DATA beyond what was asked for, is refused, never read.
+
+Versions: a frame of another version is refused with a message naming both (`VersionMismatchError`). A
+prefill node answers a decode node of an older version whose header and checksum it shares
+(`ERROR_COMPATIBLE_VERSIONS`) with an ERROR frame in that version, so the old node logs why.
 """
 
 from __future__ import annotations
@@ -48,11 +55,13 @@ from transport.tcp.errors import (  # noqa: F401  (re-exported: the wire's failu
     TruncatedError,
 )
 from transport.tcp.stream import recv_exact, recv_into_buffers
+from transport.tcp.wire_dtype import WireDtype
 
 MAGIC = b"DKVT"
-VERSION = 3  # 1 used zlib's CRC-32; 2 had no proof in PULL and RELEASE
+VERSION = 4  # 1 used zlib's CRC-32; 2 had no proof in PULL and RELEASE; 3 had no wire dtype in PULL
+ERROR_COMPATIBLE_VERSIONS = (2, 3)  # same header and CRC-32C: they can read an ERROR frame of their version
 HEADER = struct.Struct("!4sBBHIQ")
-PULL_PAYLOAD = struct.Struct("!IIQI")
+PULL_PAYLOAD = struct.Struct("!IIQIB")
 ERROR_CODE = struct.Struct("!H")
 MAX_REQUEST_ID_BYTES = 1024
 MAX_CONTROL_PAYLOAD_BYTES = 4096
@@ -82,21 +91,38 @@ class PullRequest:
 
     first_block: int
     num_blocks: int
-    block_nbytes: int  # bytes of one block, all layers
+    block_nbytes: int  # bytes of one block, all layers, in the KV cache (not on the wire)
     layout_id: int  # CRC-32 of the per-block layout (layer shapes and dtype), both sides must agree
+    wire_dtype: WireDtype = WireDtype.NATIVE  # what the DATA frames carry (`transport.tcp.wire_dtype`)
 
     @property
     def payload_nbytes(self) -> int:
+        """KV bytes the pull restores (the wire may carry fewer)."""
         return self.num_blocks * self.block_nbytes
 
     def encode(self) -> bytes:
-        return PULL_PAYLOAD.pack(self.first_block, self.num_blocks, self.block_nbytes, self.layout_id)
+        return PULL_PAYLOAD.pack(self.first_block, self.num_blocks, self.block_nbytes, self.layout_id,
+                                 int(self.wire_dtype))
 
     @classmethod
     def decode(cls, payload: bytes) -> PullRequest:
         if len(payload) != PULL_PAYLOAD.size:
             raise ProtocolError(f"PULL payload has {len(payload)} bytes, expected {PULL_PAYLOAD.size}")
-        return cls(*PULL_PAYLOAD.unpack(payload))
+        *fields, wire_code = PULL_PAYLOAD.unpack(payload)
+        try:
+            wire_dtype = WireDtype(wire_code)
+        except ValueError:
+            raise ProtocolError(f"PULL asks for unknown wire dtype {wire_code}") from None
+        return cls(*fields, wire_dtype=wire_dtype)
+
+
+class VersionMismatchError(ProtocolError):
+    """A frame of another wire version; `peer_version` is the version it carried."""
+
+    def __init__(self, peer_version: int) -> None:
+        super().__init__(f"the peer speaks TCP KV wire version {peer_version}, this side speaks {VERSION} "
+                         "(run the same disagg release on both nodes)")
+        self.peer_version = peer_version
 
 
 def encode_pull(request_id: str, pull: PullRequest, token: bytes | None) -> bytes:
@@ -151,21 +177,23 @@ def checksum(request_id: bytes, chunks: Iterable[memoryview | bytes] = ()) -> in
     return crc
 
 
-def encode_header(frame_type: FrameType, request_id: bytes, payload_nbytes: int, crc32: int) -> bytes:
+def encode_header(frame_type: FrameType, request_id: bytes, payload_nbytes: int, crc32: int,
+                  version: int = VERSION) -> bytes:
     if len(request_id) > MAX_REQUEST_ID_BYTES:
         raise ProtocolError(f"request id of {len(request_id)} bytes over {MAX_REQUEST_ID_BYTES}")
-    return HEADER.pack(MAGIC, VERSION, int(frame_type), len(request_id), crc32, payload_nbytes) + request_id
+    return HEADER.pack(MAGIC, version, int(frame_type), len(request_id), crc32, payload_nbytes) + request_id
 
 
-def encode_frame(frame_type: FrameType, request_id: str, payload: bytes = b"") -> bytes:
+def encode_frame(frame_type: FrameType, request_id: str, payload: bytes = b"", version: int = VERSION) -> bytes:
     """A whole control frame: header, request id, payload."""
     rid = request_id.encode()
-    return encode_header(frame_type, rid, len(payload), checksum(rid, (payload,))) + payload
+    return encode_header(frame_type, rid, len(payload), checksum(rid, (payload,)), version) + payload
 
 
-def encode_error(request_id: str, code: ErrorCode, message: str) -> bytes:
+def encode_error(request_id: str, code: ErrorCode, message: str, version: int = VERSION) -> bytes:
+    """An ERROR frame; `version` other than ours only for a peer in `ERROR_COMPATIBLE_VERSIONS`."""
     text = message.encode()[:MAX_ERROR_MESSAGE_BYTES]
-    return encode_frame(FrameType.ERROR, request_id, ERROR_CODE.pack(int(code)) + text)
+    return encode_frame(FrameType.ERROR, request_id, ERROR_CODE.pack(int(code)) + text, version)
 
 
 def decode_error(payload: bytes) -> RemoteError:
@@ -180,7 +208,7 @@ def decode_header(raw: bytes) -> FrameHeader:
     if magic != MAGIC:
         raise ProtocolError(f"bad magic {magic!r}")
     if version != VERSION:
-        raise ProtocolError(f"unsupported wire version {version} (this side speaks {VERSION})")
+        raise VersionMismatchError(version)
     try:
         kind = FrameType(frame_type)
     except ValueError:

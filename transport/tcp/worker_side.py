@@ -26,14 +26,17 @@ from transport.tcp.server import BlockServer
 from transport.tcp.settings import TcpConnectorSettings
 from transport.tcp.stats import TcpKVConnectorStats
 from transport.tcp.wire import ChecksumError, ErrorCode, KvTransferError, PullRequest, RemoteError
+from transport.tcp.wire_codecs import WireCodecs
 
 logger = logging.getLogger(__name__)
 
 
 class TcpConnectorWorker:
-    def __init__(self, settings: TcpConnectorSettings, serve_blocks: bool) -> None:
+    def __init__(self, settings: TcpConnectorSettings, serve_blocks: bool, head_size: int | None = None) -> None:
         self.settings = settings
         self.serve_blocks = serve_blocks
+        self.head_size = head_size  # a row of the wire codec (`transport.tcp.codec`)
+        self.wire: WireCodecs | None = None
         self.leases = LeaseTable()
         self.store: BlockStore | None = None
         self.server: BlockServer | None = None
@@ -46,7 +49,12 @@ class TcpConnectorWorker:
 
     def register_kv_caches(self, kv_caches: dict[str, torch.Tensor]) -> None:
         """Map the KV tensors; a prefill node starts serving them."""
-        self.store = build_block_store(kv_caches)
+        self.store = build_block_store(kv_caches, self.head_size)
+        self.wire = WireCodecs(self.settings, self.store)
+        try:
+            self.wire.warm_up()
+        except ImportError as exc:  # numba and torch come with vLLM: not expected
+            logger.warning("TCP KV wire codecs unavailable (%s): pulls will be native", exc)
         if self.settings.gil_switch_interval_s is not None:
             logger.info("GIL switch interval %.4f s -> %.4f s", sys.getswitchinterval(),
                         self.settings.gil_switch_interval_s)
@@ -118,15 +126,16 @@ class TcpConnectorWorker:
                 self._done_pulls.put((request_id, ok, list(spec.local_block_ids)))
 
     def _pull_into_cache(self, request_id: str, spec: PullSpec) -> bool:
-        assert self.store is not None, "register_kv_caches was not called"
-        pull = PullRequest(spec.first_remote_block, len(spec.local_block_ids), self.store.block_nbytes,
-                           self.store.layout_id)
+        assert self.store is not None and self.wire is not None, "register_kv_caches was not called"
         try:
+            wire_dtype = self.wire.wire_for(spec.wire_dtype, len(spec.local_block_ids) * self.store.block_nbytes)
+            pull = PullRequest(spec.first_remote_block, len(spec.local_block_ids), self.store.block_nbytes,
+                               self.store.layout_id, wire_dtype)
             views, commit = self.store.write_views(spec.local_block_ids)
             result = pull_blocks(spec.remote_host, spec.remote_port, spec.remote_request_id, pull, views,
                                  connect_timeout_s=self.settings.connect_timeout_s,
                                  transfer_timeout_s=self.settings.transfer_timeout_s,
-                                 token=self.settings.cluster_token)
+                                 token=self.settings.cluster_token, codec=self.wire.codec(wire_dtype))
             commit()
         except (KvTransferError, OSError, ValueError) as exc:
             logger.warning("KV pull for %s (remote request %s at %s:%d) failed: %s", request_id,
@@ -139,11 +148,12 @@ class TcpConnectorWorker:
             if not (already_gone or refused):
                 self._release_quietly(request_id, spec)
             return False
-        logger.debug("KV pull for %s (remote request %s at %s:%d): %d blocks, %d bytes in %.2f ms (%.1f MB/s)",
-                     request_id, spec.remote_request_id, spec.remote_host, spec.remote_port, result.num_blocks,
-                     result.nbytes, result.seconds * 1e3, result.nbytes / 2**20 / max(result.seconds, 1e-9))
+        logger.debug("KV pull for %s (remote request %s at %s:%d): %d blocks, %d KV bytes as %d %s bytes in %.2f ms "
+                     "(%.1f MB/s on the wire)", request_id, spec.remote_request_id, spec.remote_host, spec.remote_port,
+                     result.num_blocks, result.nbytes, result.wire_nbytes, wire_dtype.label, result.seconds * 1e3,
+                     result.wire_nbytes / 2**20 / max(result.seconds, 1e-9))
         with self._lock:
-            self._stats.record_pull(result.nbytes, result.seconds)
+            self._stats.record_pull(result.wire_nbytes, result.seconds, result.nbytes)
         return True
 
     def _release_quietly(self, request_id: str, spec: PullSpec) -> None:
