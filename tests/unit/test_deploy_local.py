@@ -5,6 +5,7 @@ a whole process group, watched until one exits."""
 from __future__ import annotations
 
 import json
+import typing
 import os
 import signal
 import socket
@@ -117,12 +118,15 @@ def test_the_settings_json_a_node_gets_round_trips(model_dir):
 def _non_default(name: str, info) -> object:
     """A valid value other than the field's default, by the field's type."""
     default = info.default
+    choices = typing.get_args(info.annotation) if typing.get_origin(info.annotation) is typing.Literal else ()
     if isinstance(default, bool):
         return not default
-    if name == "kv_buffer_device":
-        return "cpu"
+    if choices:
+        return next(choice for choice in choices if choice not in (default, "auto"))
     if isinstance(default, (int, float)):
         return default + 1
+    if default is None and name.endswith("_per_s"):
+        return 1.5
     if isinstance(default, tuple):
         return ("--seed", "1")
     return "bfloat16"  # dtype
