@@ -53,6 +53,21 @@ class EngineSettings(_Frozen):
         "pull by a cost model, needs --kv-link-gbit-per-s); a request's kv_transfer_params kv_wire_dtype overrides it")
     kv_link_gbit_per_s: float | None = Field(
         None, gt=0, description="tcp transport, decode side: the KV link's bandwidth in Gbit/s, for --kv-wire-dtype auto")
+    kv_tier: Literal["none", "redis", "disk"] = Field(
+        "none", description="prefill nodes: a KV tier the prefill nodes share (redis: a Redis server; disk: a "
+        "directory): prompt blocks found there are loaded instead of computed, computed ones are stored; a tier "
+        "that is down or slow only costs the prefill (see transport/kv_tier); needs prefix caching")
+    kv_tier_url: str | None = Field(None, description="redis tier: the server, redis://HOST:PORT/DB (default under "
+                                    "`disagg up`: the server it starts)")
+    kv_tier_path: str | None = Field(None, json_schema_extra={"metavar": "DIR"}, description=(
+        "disk tier: the directory, local or shared by the prefill nodes (default: ~/.cache/disagg/kv-tier)"))
+    kv_tier_ttl_s: float = Field(3600.0, gt=0, description="seconds a KV tier entry lives (redis: since stored; "
+                                 "disk: since last used)")
+    kv_tier_max_bytes: int = Field(2**30, ge=2**20, description="the KV tier's memory cap in bytes (redis: the "
+                                   "server's maxmemory, least recently used keys evicted; disk: the directory's "
+                                   "size, least recently used entries evicted)")
+    kv_tier_token_auth: bool = Field(False, description="redis tier: authenticate with the cluster token (a "
+                                     "Redis server `disagg up` starts requires it when the cluster has a token)")
     restart_on_crash: int = Field(0, ge=0, json_schema_extra={"metavar": "N"}, description=(
         "restart the vLLM server when it dies, up to N times, instead of stopping the node (0: stop; the router "
         "then sees the node go down)"))
@@ -63,6 +78,9 @@ class EngineSettings(_Frozen):
     def _auto_needs_a_link(self) -> "EngineSettings":
         if self.kv_wire_dtype == "auto" and self.kv_link_gbit_per_s is None:
             raise ValueError("kv_wire_dtype auto needs kv_link_gbit_per_s (the KV link's bandwidth)")
+        if self.kv_tier != "none" and not self.prefix_caching:
+            raise ValueError(f"kv_tier {self.kv_tier} needs prefix caching (blocks loaded from the tier are "
+                             "reused through vLLM's prefix cache)")
         return self
 
 
