@@ -48,11 +48,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def add_cluster_parsers(sub: argparse._SubParsersAction) -> None:
-    """`down`, `status`, `logs` (cluster files) and `host` (what they run on each host)."""
-    from deploy import cluster_cli, host_agent
+    """`down`, `status`, `logs` (cluster files), `host` (what they run on each host) and `kv-tier` (a KV
+    tier's Redis server, which `up` starts)."""
+    from deploy import cluster_cli, host_agent, kv_tier_server
 
     cluster_cli.add_parsers(sub)
     host_agent.add_parsers(sub)
+    kv_tier_server.add_parsers(sub)
 
 
 def run_up(args: argparse.Namespace) -> int:

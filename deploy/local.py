@@ -5,6 +5,8 @@ engine's from `node.settings.EngineSettings`, so a new engine setting is an `up 
 `spec(options, token_file)` is the cluster they describe: one host (`localhost`: this machine, 127.0.0.1,
 `options.env` for its vLLM servers), a prefill node, a decode node and the router (and a colocated baseline
 router with `baseline_port`); colocated, one decode node without a KV transport and a colocated router.
+With `--kv-tier redis|disk` (the engine's tier settings) the spec has a `[kv_tier]`: a redis tier without
+`--kv-tier-url` is a Redis server on 127.0.0.1:`kv_tier_port` (health on the next port) started first.
 A node's /info port is its vLLM port + 1; the decode node's KV port is the prefill node's + 1.
 
 `running(options, token)` starts that cluster attached (its processes die with this one), with the token
@@ -66,6 +68,8 @@ class LocalOptions(BaseModel):
                          description="where each process writes its log and pid file (and the run's cluster "
                          "token, while it runs)")
     ready_timeout_s: float = Field(600.0, gt=0, description="give up starting after this")
+    kv_tier_port: int = Field(6390, **_PORT, description="--kv-tier redis: the Redis server's port; its /health "
+                              "and /metrics are on the next port")
     engine: EngineSettings = Field(default_factory=EngineSettings, json_schema_extra={"flag": None})
 
     @field_validator("transport")
@@ -94,7 +98,7 @@ def spec(options: LocalOptions, token_file: Path | None = None) -> cluster_file.
     data = {"name": "local", "model": str(model.resolve_model(options.model)), "transport": options.transport,
             "run_dir": str(run_dir_of(options)), "ready_timeout_s": options.ready_timeout_s,
             "hosts": {LOCAL_HOST: {"address": "127.0.0.1", "local": True, "env": dict(options.env)}},
-            "decode": decode, "engine": options.engine,
+            "decode": decode, "engine": _without_tier(options.engine),
             "router": {"host": LOCAL_HOST, "port": options.port,
                        "baseline_port": options.baseline_port if disagg else None}}
     if disagg:
@@ -102,7 +106,25 @@ def spec(options: LocalOptions, token_file: Path | None = None) -> cluster_file.
                            "kv_port": options.kv_port_base}
     if token_file is not None:
         data["token_file"] = str(token_file)
+    if options.engine.kv_tier != "none":
+        data["kv_tier"] = _kv_tier(options)
     return cluster_file.validate(data, "up --local: ")
+
+
+def _kv_tier(options: LocalOptions) -> dict:
+    """The `[kv_tier]` table of the engine's tier settings (`--kv-tier ...`)."""
+    engine = options.engine
+    tier = {"backend": engine.kv_tier, "ttl_s": engine.kv_tier_ttl_s, "max_bytes": engine.kv_tier_max_bytes}
+    if engine.kv_tier == "disk":
+        return {**tier, "path": engine.kv_tier_path} if engine.kv_tier_path else tier
+    if engine.kv_tier_url:
+        return {**tier, "url": engine.kv_tier_url}
+    return {**tier, "port": options.kv_tier_port, "health_port": options.kv_tier_port + 1}
+
+
+def _without_tier(engine: EngineSettings) -> EngineSettings:
+    """The engine settings both nodes share; the tier goes to the prefill nodes through `[kv_tier]`."""
+    return engine.model_copy(update={"kv_tier": "none", "kv_tier_url": None, "kv_tier_path": None})
 
 
 def run_dir_of(options: LocalOptions) -> Path:
