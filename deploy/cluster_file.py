@@ -15,7 +15,7 @@
     [router]    host ("local": the machine running `disagg up`), bind, port, baseline_port
     [engine]    the fields of node.settings.EngineSettings: max_model_len, dtype, prefix_caching,
                 kv_buffer_device, kv_cache_gib, kv_lease_s, kv_transfer_timeout_s, restart_on_crash, vllm_args
-                (except kv_tier*: a KV tier is [kv_tier])
+                (kv_tier*: the KV tier, which [kv_tier] says better; give it in one place)
     [kv_tier]   a KV tier the prefill nodes share (transport/kv_tier): backend ("redis" | "disk"), url (redis:
                 a server of your own; without it `disagg up` starts one on `host` at `port`, health on
                 `health_port`, capped at max_bytes) or path (disk: a directory, shared by the prefill hosts or
@@ -45,7 +45,7 @@ from core.settings_flags import describe_validation_error
 from decode_node.role import ROLE as DECODE
 from node.settings import EngineSettings
 from prefill_node.role import ROLE as PREFILL
-from deploy.cluster_kv_tier import KvTierSpec
+from deploy.cluster_kv_tier import KvTierSpec, tier_from_engine
 from router.config import RouterConfig
 from transport import registry
 
@@ -232,29 +232,31 @@ class ClusterSpec(_Strict):
 
     @model_validator(mode="after")
     def _kv_tier(self) -> "ClusterSpec":
-        if self.engine.kv_tier != "none":
-            raise ValueError("engine.kv_tier: a cluster's KV tier is its [kv_tier] table")
-        if self.kv_tier is None:
-            return self
-        if not self.prefill:
+        if self.kv_tier is not None and self.engine.kv_tier != "none":
+            raise ValueError("kv_tier: the KV tier is given twice, as [kv_tier] and as engine.kv_tier; keep one")
+        if self.tier is not None and not self.prefill:
             raise ValueError("kv_tier: a colocated cluster (no [prefill]) has no prefill nodes to share a tier")
-        if not self.engine.prefix_caching:
-            raise ValueError("kv_tier: needs engine.prefix_caching (tier blocks are reused through vLLM's prefix cache)")
         return self
+
+    @property
+    def tier(self) -> KvTierSpec | None:
+        """The cluster's KV tier: [kv_tier], or the engine's kv_tier* settings; None without one."""
+        return self.kv_tier or tier_from_engine(self.engine)
 
     @property
     def kv_tier_host(self) -> str | None:
         """Where `disagg up` runs the tier's Redis server (None: it runs none)."""
-        if self.kv_tier is None or not self.kv_tier.started_by_up:
+        tier = self.tier
+        if tier is None or not tier.started_by_up:
             return None
-        return self.kv_tier.host or self.prefill[0].host
+        return tier.host or self.prefill[0].host
 
     @model_validator(mode="after")
     def _hosts_and_ports(self) -> "ClusterSpec":
         owners = [(name, node.host, node.ports) for name, _, node in self.nodes()]
         owners.append(("router", self.router.host, self.router.ports))
         if self.kv_tier_host is not None:
-            owners.append(("kv_tier", self.kv_tier_host, self.kv_tier.ports))
+            owners.append(("kv_tier", self.kv_tier_host, self.tier.ports))
         for owner, host, _ in owners:
             if host not in self.hosts and not (owner == "router" and host == LOCAL):
                 raise ValueError(f"{owner}.host: {host!r} is not in [hosts] (known: {', '.join(sorted(self.hosts))})")

@@ -54,9 +54,18 @@ class KvTierSpec(BaseModel):
         return (self.port, self.health_port) if self.started_by_up else ()
 
 
+def tier_from_engine(engine: EngineSettings) -> KvTierSpec | None:
+    """The tier the engine's kv_tier* settings describe (the other spelling of `[kv_tier]`), None without one."""
+    if engine.kv_tier == "none":
+        return None
+    where = {"url": engine.kv_tier_url} if engine.kv_tier == "redis" else {"path": engine.kv_tier_path}
+    return KvTierSpec(backend=engine.kv_tier, ttl_s=engine.kv_tier_ttl_s, max_bytes=engine.kv_tier_max_bytes, **where)
+
+
 def node_engine(engine: EngineSettings, tier: KvTierSpec | None, redis_url: str | None,
                 token_auth: bool) -> EngineSettings:
-    """A prefill node's engine settings with the cluster's tier (`redis_url`: the server `up` starts)."""
+    """A prefill node's engine settings with the cluster's tier (`redis_url`: the server `up` starts, which
+    wants the cluster token when `token_auth`)."""
     if tier is None:
         return engine
     values = {"kv_tier": tier.backend, "kv_tier_ttl_s": tier.ttl_s, "kv_tier_max_bytes": tier.max_bytes}
@@ -64,5 +73,6 @@ def node_engine(engine: EngineSettings, tier: KvTierSpec | None, redis_url: str 
         values["kv_tier_path"] = tier.path
     else:
         values["kv_tier_url"] = tier.url or redis_url
-        values["kv_tier_token_auth"] = tier.started_by_up and token_auth
+        by_token = engine.kv_tier_auth == "cluster-token" or (tier.started_by_up and token_auth)
+        values["kv_tier_auth"] = "cluster-token" if by_token else "none"
     return EngineSettings(**{**engine.model_dump(), **{k: v for k, v in values.items() if v is not None}})

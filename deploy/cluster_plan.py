@@ -69,8 +69,8 @@ def plan(spec: ClusterSpec) -> list[Component]:
 
 def _kv_tier(spec: ClusterSpec) -> Component:
     """The Redis server of the cluster's KV tier, on its host (`disagg kv-tier`)."""
-    assert spec.kv_tier is not None and spec.kv_tier_host is not None
-    name, tier = spec.kv_tier_host, spec.kv_tier
+    assert spec.tier is not None and spec.kv_tier_host is not None
+    name, tier = spec.kv_tier_host, spec.tier
     address = spec.hosts[name].address
     settings = KvTierServerSettings(host=address, port=tier.port, health_port=tier.health_port,
                                     max_bytes=tier.max_bytes, cluster_token_file=spec.token_file)
@@ -82,9 +82,9 @@ def _kv_tier(spec: ClusterSpec) -> Component:
 
 def kv_tier_url(spec: ClusterSpec) -> str | None:
     """The URL of the Redis server `up` runs for the tier (None: it runs none)."""
-    if spec.kv_tier is None or spec.kv_tier_host is None:
+    if spec.tier is None or spec.kv_tier_host is None:
         return None
-    return f"redis://{_url_host(spec.hosts[spec.kv_tier_host].address)}:{spec.kv_tier.port}/0"
+    return f"redis://{_url_host(spec.hosts[spec.kv_tier_host].address)}:{spec.tier.port}/0"
 
 
 def _router(spec: ClusterSpec, name: str, port: int, mode: str, node_urls: tuple[str, ...]) -> Component:
@@ -122,7 +122,7 @@ def node_settings(spec: ClusterSpec, role: str, node: NodeSpec) -> NodeSettings:
     peers = spec.decode if role == "prefill" else spec.prefill
     engine = spec.engine
     if role == "prefill":
-        engine = node_engine(engine, spec.kv_tier, kv_tier_url(spec), token_auth=spec.token_file is not None)
+        engine = node_engine(engine, spec.tier, kv_tier_url(spec), token_auth=spec.token_file is not None)
     values = dict(role=role, model=spec.model, served_model_name=spec.served_model_name,
                   transport=spec.transport if spec.prefill else "none", host=host.address, port=node.port,
                   info_port=node.info_port, kv_host=host.kv, kv_bind_host=host.kv_bind, kv_port=node.kv_port,

@@ -152,11 +152,14 @@ def _kv_tier(settings: NodeSettings, role: NodeRole, transport: registry.Choice)
         return None
     if registry.get(transport.name).kv_transfer_config(KvLink(role="prefill")) is None:
         raise ConfigError(f"--kv-tier {engine.kv_tier} needs a KV transport (not {transport.name})")
+    if not engine.prefix_caching:
+        raise ConfigError(f"--kv-tier {engine.kv_tier} needs prefix caching on a prefill node (drop "
+                          "--no-prefix-caching): blocks loaded from the tier are reused through vLLM's prefix cache")
     where = ({"url": engine.kv_tier_url} if engine.kv_tier == "redis" else
              {"path": str(Path(engine.kv_tier_path or DEFAULT_KV_TIER_DIR).expanduser())})
     try:
         return KvTierSettings(backend=engine.kv_tier, ttl_s=engine.kv_tier_ttl_s, max_bytes=engine.kv_tier_max_bytes,
-                              **where, **({"auth_with_cluster_token": True} if engine.kv_tier_token_auth else {}))
+                              **where, **({"auth_with_cluster_token": True} if engine.kv_tier_auth == "cluster-token" else {}))
     except ValueError as exc:
         raise ConfigError(f"--kv-tier {engine.kv_tier}: {exc}") from None
 

@@ -56,7 +56,8 @@ class EngineSettings(_Frozen):
     kv_tier: Literal["none", "redis", "disk"] = Field(
         "none", description="prefill nodes: a KV tier the prefill nodes share (redis: a Redis server; disk: a "
         "directory): prompt blocks found there are loaded instead of computed, computed ones are stored; a tier "
-        "that is down or slow only costs the prefill (see transport/kv_tier); needs prefix caching")
+        "that is down or slow only costs the prefill (see transport/kv_tier); needs prefix caching; decode nodes "
+        "ignore it")
     kv_tier_url: str | None = Field(None, description="redis tier: the server, redis://HOST:PORT/DB (default under "
                                     "`disagg up`: the server it starts)")
     kv_tier_path: str | None = Field(None, json_schema_extra={"metavar": "DIR"}, description=(
@@ -66,8 +67,9 @@ class EngineSettings(_Frozen):
     kv_tier_max_bytes: int = Field(2**30, ge=2**20, description="the KV tier's memory cap in bytes (redis: the "
                                    "server's maxmemory, least recently used keys evicted; disk: the directory's "
                                    "size, least recently used entries evicted)")
-    kv_tier_token_auth: bool = Field(False, description="redis tier: authenticate with the cluster token (a "
-                                     "Redis server `disagg up` starts requires it when the cluster has a token)")
+    kv_tier_auth: Literal["none", "cluster-token"] = Field(
+        "none", description="redis tier: how to authenticate: cluster-token (the cluster token as Redis's password; "
+        "the Redis server `disagg up` starts requires it when the cluster has a token, and gets it so)")
     restart_on_crash: int = Field(0, ge=0, json_schema_extra={"metavar": "N"}, description=(
         "restart the vLLM server when it dies, up to N times, instead of stopping the node (0: stop; the router "
         "then sees the node go down)"))
@@ -78,9 +80,6 @@ class EngineSettings(_Frozen):
     def _auto_needs_a_link(self) -> "EngineSettings":
         if self.kv_wire_dtype == "auto" and self.kv_link_gbit_per_s is None:
             raise ValueError("kv_wire_dtype auto needs kv_link_gbit_per_s (the KV link's bandwidth)")
-        if self.kv_tier != "none" and not self.prefix_caching:
-            raise ValueError(f"kv_tier {self.kv_tier} needs prefix caching (blocks loaded from the tier are "
-                             "reused through vLLM's prefix cache)")
         return self
 
 

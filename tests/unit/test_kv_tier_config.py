@@ -90,14 +90,15 @@ def test_decode_nodes_never_get_the_tier(transport):
 
 
 def test_node_settings_checks():
-    with pytest.raises(ValueError, match="prefix caching"):
-        EngineSettings(kv_tier="disk", prefix_caching=False)
+    with pytest.raises(ConfigError, match="prefix caching"):
+        _launch(PREFILL, "tcp", kv_tier="disk", prefix_caching=False)
+    assert _launch(DECODE, "tcp", kv_tier="disk", prefix_caching=False).kv_tier is None, "decode nodes ignore it"
     with pytest.raises(ConfigError, match="url"):
         _launch(PREFILL, "tcp", kv_tier="redis")
     disk = _launch(PREFILL, "tcp", kv_tier="disk").kv_tier
     assert disk.path.endswith("/.cache/disagg/kv-tier") and not disk.path.startswith("~")
     with pytest.raises(ConfigError):
-        _launch(PREFILL, "tcp", kv_tier="disk", kv_tier_token_auth=True)
+        _launch(PREFILL, "tcp", kv_tier="disk", kv_tier_auth="cluster-token")
     assert _launch(PREFILL, "tcp").kv_tier is None and _launch(PREFILL, "tcp").kv_transfer_config()["kv_connector"] == \
         "DisaggTcpConnector"
 
@@ -154,7 +155,7 @@ def test_a_cluster_file_tier_starts_redis_first_and_reaches_every_prefill_node(t
             engine = component.settings.engine
             assert (engine.kv_tier, engine.kv_tier_url) == ("redis", "redis://10.0.0.1:6390/0")
             assert engine.kv_tier_ttl_s == 600
-            assert engine.kv_tier_token_auth is True
+            assert engine.kv_tier_auth == "cluster-token"
         elif component.role == "decode":
             assert component.settings.engine.kv_tier == "none"
 
@@ -162,16 +163,25 @@ def test_a_cluster_file_tier_starts_redis_first_and_reaches_every_prefill_node(t
 def test_cluster_file_tier_variants_and_errors(tmp_path):
     own = cluster_plan.plan(_spec(tmp_path, 'backend = "redis"\nurl = "redis://10.0.0.9:6379/2"'))
     assert "kv-tier" not in [c.name for c in own]
-    assert {c.settings.engine.kv_tier_token_auth for c in own if c.role == "prefill"} == {False}
+    assert {c.settings.engine.kv_tier_auth for c in own if c.role == "prefill"} == {"none"}
     disk = cluster_plan.plan(_spec(tmp_path, 'backend = "disk"\npath = "/shared/kv"'))
     assert [c.settings.engine.kv_tier_path for c in disk if c.role == "prefill"] == ["/shared/kv"] * 2
     for tier, engine, message in (('backend = "disk"\nurl = "redis://x"', "", "disk tier"),
-                                  ('backend = "redis"', 'kv_tier = "redis"', "engine.kv_tier"),
+                                  ('backend = "redis"', 'kv_tier = "redis"', "given twice"),
                                   ('backend = "redis"\nport = 8100', "", "port 8100"),
-                                  ('backend = "redis"\nhost = "c"', "", "not in \\[hosts\\]"),
-                                  ('backend = "redis"', "prefix_caching = false", "prefix_caching")):
+                                  ('backend = "redis"\nhost = "c"', "", "not in \\[hosts\\]")):
         with pytest.raises(ConfigError, match=message):
             _spec(tmp_path, tier, engine)
+
+
+def test_the_engine_s_kv_tier_settings_are_the_other_spelling_of_kv_tier(tmp_path):
+    path = tmp_path / "c.toml"
+    text = CLUSTER.format(model=SMOLLM2, token=tmp_path / "token", tier="", engine='kv_tier = "redis"')
+    path.write_text(text.replace("[kv_tier]\n", ""))
+    components = cluster_plan.plan(cluster_file.load(path))
+    assert components[0].name == "kv-tier"
+    urls = {c.settings.engine.kv_tier_url for c in components if c.role == "prefill"}
+    assert urls == {"redis://10.0.0.1:6390/0"}
 
 
 def test_up_local_kv_tier_flags(tmp_path):
