@@ -4,7 +4,7 @@
      ["kv_buffer_device": <the P/D connector's, when it has one>,]
      "kv_connector_extra_config": {"connectors": [<the P/D connector's config>, <the tier's>]}}
 
-Why this shape (research/issue16.md §6.3): the MultiConnector loads from the first child that reports
+Why this shape (issue 16 closing note): the MultiConnector loads from the first child that reports
 matched tokens, so the P/D connector goes first (on a prefill node it reports none and the tier is asked);
 every child needs its own `kv_role` (the tier's is `kv_both`: it loads and stores); vLLM reads
 `kv_load_failure_policy` from the top level only, and "recompute" turns a tier entry that vanished or is

@@ -15,7 +15,7 @@ block size: `transport.kv_tier.keys`) is loaded instead of computed; a prompt bl
 Settings: `transport.kv_tier.settings`; halves: `scheduler_side` (lookups, plans) and `worker_side` (loads,
 stores); metrics: `stats` (`vllm:disagg_kv_tier_*`).
 
-Why our own connector (issue 16; research/issue16.md §2-4, reproduced there): LMCache 0.5.6 has no vLLM
+Why our own connector (issue 16; the evidence is in its closing note): LMCache 0.5.6 has no vLLM
 connector for the CPU backend (`CreateGPUConnector` raises "No supported cpu connector found", its wheel
 requires CUDA packages, and its MP mode pickles tensors); vLLM 0.32's `OffloadingConnector` (CPU and `fs`
 tiers) refuses a CPU worker ("CPU Offloading is currently only supported on CUDA-alike and XPU GPUs") and

@@ -7,7 +7,7 @@ is written once, and lives `ttl_s` from then. The memory cap is the server's `ma
 and counts them in `INFO stats` `evicted_keys`; with `noeviction` it refuses the write (a TierError here).
 
 Failing fast matters more than retrying: a request never waits for a tier that is down. redis-py's default
-retries turn a refused connection into a ~4.5 s stall (research/issue16.md §5), so the client retries
+retries turn a refused connection into a ~4.5 s stall (issue 16 closing note), so the client retries
 nothing (`Retry(NoBackoff(), 0)`) and every socket operation is bounded by `timeout_s`.
 """
 
