@@ -18,14 +18,13 @@ from contextlib import AsyncExitStack
 from typing import Any, AsyncIterator, Callable
 
 import anyio
-import httpx
 from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from core.errors import DeadlineExceeded, DisaggError
 from core.messages import RequestTiming
 from router.metrics import RouterMetrics
-from router.upstream import error_from_exception
+from router.upstream import CLIENT_ERRORS, error_from_exception
 
 log = logging.getLogger("router.requests")
 DONE = b"data: [DONE]\n\n"
@@ -55,7 +54,7 @@ class StreamRelay:
             self._completed_status = "ok"  # complete, even if the client leaves right after reading [DONE]
             yield DONE
             status = "ok"
-        except (httpx.HTTPError, DisaggError) as exc:
+        except (*CLIENT_ERRORS, DisaggError) as exc:
             err = exc if isinstance(exc, DisaggError) else error_from_exception("decode", exc)
             status = "stream_error"
             self.metrics.failures.labels(err.code or err.error_type).inc()

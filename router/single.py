@@ -32,7 +32,7 @@ import time
 from contextlib import AsyncExitStack
 from typing import Any, AsyncIterator
 
-import httpx
+import aiohttp
 
 from core.errors import ClientRelayedError, DisaggError, NoNodeAvailable, UpstreamError
 from core.messages import RequestTiming
@@ -41,7 +41,7 @@ from router.config import RouterConfig
 from router.metrics import RouterMetrics
 from router.prefill import Prefilled, PrefillStep
 from router.registry import Node, NodeRegistry
-from router.upstream import NodeFailure, error_from_exception, open_stream, post_json
+from router.upstream import CLIENT_ERRORS, NodeFailure, error_from_exception, open_stream, post_json
 
 log = logging.getLogger("router.requests")
 RELEASE_TIMEOUT_S = 30.0
@@ -52,25 +52,25 @@ class SubStream:
     """One opened decode stream: `chunks()` yields its parsed chunks once; `aclose()` closes the connection
     (vLLM aborts a request whose connection closes)."""
 
-    def __init__(self, resp: httpx.Response, scope: AsyncExitStack, role: str = "decode",
+    def __init__(self, resp: aiohttp.ClientResponse, scope: AsyncExitStack, role: str = "decode",
                  timing: RequestTiming | None = None, sent_s: float | None = None) -> None:
         self.resp, self.scope, self.role = resp, scope, role
         self.timing, self.sent_s = timing, sent_s  # notes the node's time to its first chunk
 
     async def chunks(self) -> AsyncIterator[dict[str, Any]]:
         try:
-            async for line in self.resp.aiter_lines():
-                if not line.startswith("data:"):
+            async for line in self.resp.content:
+                if not line.startswith(b"data:"):
                     continue  # blank separators, comments, event names
                 payload = line[5:].strip()
-                if payload == "[DONE]":
+                if payload == b"[DONE]":
                     return
                 chunk = json.loads(payload)
                 if isinstance(chunk, dict) and chunk.get("error"):
                     raise _in_band_error(chunk["error"])
                 self._note_first_chunk()
                 yield chunk
-        except httpx.HTTPError as exc:
+        except CLIENT_ERRORS as exc:
             raise error_from_exception(self.role, exc) from exc
         except json.JSONDecodeError:
             raise UpstreamError(f"{self.role} node sent an SSE chunk that is not JSON",
@@ -123,7 +123,7 @@ class ContinuedStream:
 
 
 class SinglePath:
-    def __init__(self, config: RouterConfig, registry: NodeRegistry, client: httpx.AsyncClient,
+    def __init__(self, config: RouterConfig, registry: NodeRegistry, client: aiohttp.ClientSession,
                  metrics: RouterMetrics) -> None:
         self.config, self.registry, self.client, self.metrics = config, registry, client, metrics
         self.prefill = PrefillStep(config, registry, client, metrics)
