@@ -26,7 +26,6 @@ Local (`prefill=False`): the body goes to a decode node as it is (colocated mode
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from contextlib import AsyncExitStack
@@ -37,6 +36,7 @@ import aiohttp
 from core.errors import ClientRelayedError, DisaggError, NoNodeAvailable, UpstreamError
 from core.messages import RequestTiming
 from router import continuation, protocol, splice
+from router.chunk import Chunk
 from router.config import RouterConfig
 from router.metrics import RouterMetrics
 from router.prefill import Prefilled, PrefillStep
@@ -57,7 +57,7 @@ class SubStream:
         self.resp, self.scope, self.role = resp, scope, role
         self.timing, self.sent_s = timing, sent_s  # notes the node's time to its first chunk
 
-    async def chunks(self) -> AsyncIterator[dict[str, Any]]:
+    async def chunks(self) -> AsyncIterator[Chunk]:
         try:
             async for line in self.resp.content:
                 if not line.startswith(b"data:"):
@@ -65,14 +65,14 @@ class SubStream:
                 payload = line[5:].strip()
                 if payload == b"[DONE]":
                     return
-                chunk = json.loads(payload)
-                if isinstance(chunk, dict) and chunk.get("error"):
-                    raise _in_band_error(chunk["error"])
+                chunk = Chunk(bytes(payload))
+                if chunk.mentions(b'"error"') and chunk.data.get("error"):
+                    raise _in_band_error(chunk.data["error"])
                 self._note_first_chunk()
                 yield chunk
         except CLIENT_ERRORS as exc:
             raise error_from_exception(self.role, exc) from exc
-        except json.JSONDecodeError:
+        except ValueError:  # json.JSONDecodeError included
             raise UpstreamError(f"{self.role} node sent an SSE chunk that is not JSON",
                                 code=f"{self.role}_protocol") from None
         raise UpstreamError(f"{self.role} node closed the stream before [DONE]", code=f"{self.role}_stream_cut")
@@ -97,9 +97,9 @@ class HeadStream:
     def __init__(self, head: list[dict[str, Any]]) -> None:
         self.head = head
 
-    async def chunks(self) -> AsyncIterator[dict[str, Any]]:
+    async def chunks(self) -> AsyncIterator[Chunk]:
         for chunk in self.head:
-            yield chunk
+            yield Chunk.of(chunk)
 
     async def aclose(self) -> None:
         return None
@@ -111,9 +111,9 @@ class ContinuedStream:
     def __init__(self, head: list[dict[str, Any]], rest: SubStream, splicer: splice.StreamSplicer) -> None:
         self.head, self.rest, self.splicer = head, rest, splicer
 
-    async def chunks(self) -> AsyncIterator[dict[str, Any]]:
+    async def chunks(self) -> AsyncIterator[Chunk]:
         for chunk in self.head:
-            yield chunk
+            yield Chunk.of(chunk)
         async for chunk in self.rest.chunks():
             if (spliced := self.splicer.chunk(chunk)) is not None:
                 yield spliced
