@@ -82,7 +82,9 @@ class SubStream:
 
     def _note_first_chunk(self) -> None:
         if self.timing is not None and self.sent_s is not None and self.timing.decode_ttft_s is None:
-            self.timing.decode_ttft_s = time.monotonic() - self.sent_s
+            now_s = time.monotonic()
+            self.timing.decode_ttft_s = now_s - self.sent_s
+            self.timing.decode_first_s = now_s - self.timing.started_s
         self.sent_s = None
 
 
