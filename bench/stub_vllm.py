@@ -320,7 +320,8 @@ def _usage(outputs: list[Output], n: int = 1) -> dict[str, int]:
 
 
 def _chunk(data: dict[str, Any]) -> str:
-    return f"data: {json.dumps({'id': 'stub-1', 'model': 'stub-model', **data})}\n\n"
+    """One SSE event, compact JSON with the id first, as vLLM writes them (pydantic's model_dump_json)."""
+    return f"data: {json.dumps({'id': 'stub-1', 'model': 'stub-model', **data}, separators=(',', ':'))}\n\n"
 
 
 async def _stream(outputs: list[Output], chat: bool, body: dict[str, Any], cut: bool, delay_s: float):

@@ -26,22 +26,22 @@ Local (`prefill=False`): the body goes to a decode node as it is (colocated mode
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from contextlib import AsyncExitStack
 from typing import Any, AsyncIterator
 
-import httpx
+import aiohttp
 
 from core.errors import ClientRelayedError, DisaggError, NoNodeAvailable, UpstreamError
 from core.messages import RequestTiming
 from router import continuation, protocol, splice
+from router.chunk import Chunk
 from router.config import RouterConfig
 from router.metrics import RouterMetrics
 from router.prefill import Prefilled, PrefillStep
 from router.registry import Node, NodeRegistry
-from router.upstream import NodeFailure, error_from_exception, open_stream, post_json
+from router.upstream import CLIENT_ERRORS, NodeFailure, error_from_exception, open_stream, post_json
 
 log = logging.getLogger("router.requests")
 RELEASE_TIMEOUT_S = 30.0
@@ -52,27 +52,27 @@ class SubStream:
     """One opened decode stream: `chunks()` yields its parsed chunks once; `aclose()` closes the connection
     (vLLM aborts a request whose connection closes)."""
 
-    def __init__(self, resp: httpx.Response, scope: AsyncExitStack, role: str = "decode",
+    def __init__(self, resp: aiohttp.ClientResponse, scope: AsyncExitStack, role: str = "decode",
                  timing: RequestTiming | None = None, sent_s: float | None = None) -> None:
         self.resp, self.scope, self.role = resp, scope, role
         self.timing, self.sent_s = timing, sent_s  # notes the node's time to its first chunk
 
-    async def chunks(self) -> AsyncIterator[dict[str, Any]]:
+    async def chunks(self) -> AsyncIterator[Chunk]:
         try:
-            async for line in self.resp.aiter_lines():
-                if not line.startswith("data:"):
+            async for line in self.resp.content:
+                if not line.startswith(b"data:"):
                     continue  # blank separators, comments, event names
                 payload = line[5:].strip()
-                if payload == "[DONE]":
+                if payload == b"[DONE]":
                     return
-                chunk = json.loads(payload)
-                if isinstance(chunk, dict) and chunk.get("error"):
-                    raise _in_band_error(chunk["error"])
+                chunk = Chunk(bytes(payload))
+                if chunk.mentions(b'"error"') and chunk.data.get("error"):
+                    raise _in_band_error(chunk.data["error"])
                 self._note_first_chunk()
                 yield chunk
-        except httpx.HTTPError as exc:
+        except CLIENT_ERRORS as exc:
             raise error_from_exception(self.role, exc) from exc
-        except json.JSONDecodeError:
+        except ValueError:  # json.JSONDecodeError included
             raise UpstreamError(f"{self.role} node sent an SSE chunk that is not JSON",
                                 code=f"{self.role}_protocol") from None
         raise UpstreamError(f"{self.role} node closed the stream before [DONE]", code=f"{self.role}_stream_cut")
@@ -99,9 +99,9 @@ class HeadStream:
     def __init__(self, head: list[dict[str, Any]]) -> None:
         self.head = head
 
-    async def chunks(self) -> AsyncIterator[dict[str, Any]]:
+    async def chunks(self) -> AsyncIterator[Chunk]:
         for chunk in self.head:
-            yield chunk
+            yield Chunk.of(chunk)
 
     async def aclose(self) -> None:
         return None
@@ -113,9 +113,9 @@ class ContinuedStream:
     def __init__(self, head: list[dict[str, Any]], rest: SubStream, splicer: splice.StreamSplicer) -> None:
         self.head, self.rest, self.splicer = head, rest, splicer
 
-    async def chunks(self) -> AsyncIterator[dict[str, Any]]:
+    async def chunks(self) -> AsyncIterator[Chunk]:
         for chunk in self.head:
-            yield chunk
+            yield Chunk.of(chunk)
         async for chunk in self.rest.chunks():
             if (spliced := self.splicer.chunk(chunk)) is not None:
                 yield spliced
@@ -125,7 +125,7 @@ class ContinuedStream:
 
 
 class SinglePath:
-    def __init__(self, config: RouterConfig, registry: NodeRegistry, client: httpx.AsyncClient,
+    def __init__(self, config: RouterConfig, registry: NodeRegistry, client: aiohttp.ClientSession,
                  metrics: RouterMetrics) -> None:
         self.config, self.registry, self.client, self.metrics = config, registry, client, metrics
         self.prefill = PrefillStep(config, registry, client, metrics)
