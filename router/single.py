@@ -29,7 +29,7 @@ import asyncio
 import logging
 import time
 from contextlib import AsyncExitStack
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import aiohttp
 
@@ -50,12 +50,19 @@ PREFILL_GRACE_S = 1.0  # how long a cancelled prefill may still answer, so that 
 
 class SubStream:
     """One opened decode stream: `chunks()` yields its parsed chunks once; `aclose()` closes the connection
-    (vLLM aborts a request whose connection closes)."""
+    (vLLM aborts a request whose connection closes).
+
+    `on_abandon` runs when the stream is closed before its first chunk: vLLM's API server may have sent its
+    response headers without its engine having taken the request yet (the engine gets it when the response
+    body is first iterated), and a request the engine never saw never pulls, nor frees, the prefill node's
+    blocks. After a first chunk the engine has pulled them (or recomputed the prompt)."""
 
     def __init__(self, resp: aiohttp.ClientResponse, scope: AsyncExitStack, role: str = "decode",
-                 timing: RequestTiming | None = None, sent_s: float | None = None) -> None:
+                 timing: RequestTiming | None = None, sent_s: float | None = None,
+                 on_abandon: Callable[[], None] | None = None) -> None:
         self.resp, self.scope, self.role = resp, scope, role
         self.timing, self.sent_s = timing, sent_s  # notes the node's time to its first chunk
+        self.on_abandon, self.got_chunk = on_abandon, False
 
     async def chunks(self) -> AsyncIterator[Chunk]:
         try:
@@ -69,6 +76,7 @@ class SubStream:
                 if chunk.mentions(b'"error"') and chunk.data.get("error"):
                     raise _in_band_error(chunk.data["error"])
                 self._note_first_chunk()
+                self.got_chunk = True
                 yield chunk
         except CLIENT_ERRORS as exc:
             raise error_from_exception(self.role, exc) from exc
@@ -78,6 +86,9 @@ class SubStream:
         raise UpstreamError(f"{self.role} node closed the stream before [DONE]", code=f"{self.role}_stream_cut")
 
     async def aclose(self) -> None:
+        if not self.got_chunk and self.on_abandon is not None:
+            self.on_abandon()
+            self.on_abandon = None
         await self.scope.aclose()
 
     def _note_first_chunk(self) -> None:
@@ -248,7 +259,8 @@ class SinglePath:
         try:
             if stream:
                 resp = await scope.enter_async_context(open_stream(self.client, role, url, body, headers))
-                return SubStream(resp, scope, role, timing if role == "decode" else None, started_s)
+                return SubStream(resp, scope, role, timing if role == "decode" else None, started_s,
+                                 self._abandon_release(role, body, endpoint, headers))
             data = await post_json(self.client, role, url, body, headers)
             timing.decode_s = max(timing.decode_s or 0.0, time.monotonic() - started_s)
             return data
@@ -280,6 +292,14 @@ class SinglePath:
         except (DisaggError, TimeoutError) as exc:
             log.warning("request %s: could not release its prefilled KV blocks (%s); the prefill node's lease "
                         "frees them", headers.get("X-Request-Id"), getattr(exc, "message", exc))
+
+    def _abandon_release(self, role: str, body: dict[str, Any], endpoint: str,
+                         headers: dict[str, str]) -> Callable[[], None] | None:
+        """For a P/D decode stream: release its prefill blocks if it is closed before its first chunk."""
+        params = body.get("kv_transfer_params")
+        if role != "decode" or not isinstance(params, dict) or not params.get("do_remote_prefill"):
+            return None
+        return lambda: self._release_later(body, endpoint, params, headers)
 
     def _release_later(self, body: dict[str, Any], endpoint: str, params: dict[str, Any],
                        headers: dict[str, str]) -> None:
