@@ -38,13 +38,16 @@ class PrefixRouting:
                  metrics_registry: CollectorRegistry) -> None:
         self.settings, self.registry, self.roles = settings, registry, roles
         self.metrics = PrefixMetrics(metrics_registry)
-        self.index = PrefixIndex(settings.max_blocks_per_node,
-                                 on_clear=lambda node, reason: self.metrics.resets.labels(node, reason).inc())
+        self.index = PrefixIndex(settings.max_blocks_per_node, on_clear=self._cleared)
         self.tokenizer: tokenize.PromptTokenizer | None = None
         self.subscriber: KvEventSubscriber | None = None
         self._tasks: list[asyncio.Task] = []
         if settings.tokenizer is not None:
             self.tokenizer = _tokenizer(tokenizer_files.from_folder(settings.tokenizer))
+
+    def _cleared(self, node: str, reason: str) -> None:
+        self.metrics.resets.labels(node, reason).inc()
+        self.metrics.blocks.labels(node).set(0)
 
     @classmethod
     def create(cls, settings: PrefixSettings, policy_names: dict[str, str], registry: NodeRegistry,
