@@ -69,6 +69,8 @@ class NodeLaunch:
         (vLLM binds `tcp://*:0` on VLLM_HOST_IP, see `vllm_env`, and lists them at /kv_event_sources)."""
         if not self.settings.engine.kv_events:
             return None
+        if not self.settings.engine.prefix_caching:
+            log.warning("kv_events without prefix caching: vLLM caches no block, so it announces none")
         return {"enable_kv_cache_events": True, "publisher": "zmq", "endpoint": "tcp://*:0",
                 "replay_endpoint": "tcp://*:0", "topic": KV_EVENTS_TOPIC}
 

@@ -59,7 +59,8 @@ class EngineSettings(_Frozen):
     kv_events: bool = Field(False, description=(
         "publish vLLM's KV cache events for a prefix-aware router (ZMQ on two ephemeral ports of the node's "
         "address, listed at the vLLM server's /kv_event_sources; the events carry prompt token ids) with "
-        "block hashes a router can compute (--prefix-caching-hash-algo sha256_cbor); needs prefix caching"))
+        "block hashes a router can compute (--prefix-caching-hash-algo sha256_cbor); without prefix caching a node "
+        "caches no block, so it announces none"))
     vllm_args: tuple[str, ...] = Field((), description="extra vLLM arguments as one JSON list of strings")
 
 
@@ -67,8 +68,6 @@ class EngineSettings(_Frozen):
     def _auto_needs_a_link(self) -> "EngineSettings":
         if self.kv_wire_dtype == "auto" and self.kv_link_gbit_per_s is None:
             raise ValueError("kv_wire_dtype auto needs kv_link_gbit_per_s (the KV link's bandwidth)")
-        if self.kv_events and not self.prefix_caching:
-            raise ValueError("kv_events needs prefix caching: a node without it caches no block to announce")
         return self
 
 
