@@ -1,5 +1,5 @@
 """Registers bench's subcommands on the `disagg` CLI: `bench serve`, `bench compare`, `bench transport`,
-`bench quality`, `bench multiturn`, `kv-size`.
+`bench quality`, `bench router`, `bench multiturn`, `kv-size`.
 
 `disagg.cli` calls `add_parsers(subparsers)`; each leaf parser sets `func(args) -> int` (the exit code).
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from bench import compare_cli, kv_size_cli, multiturn_cli, quality_cli, serve_cli, transport_cli
+from bench import compare_cli, kv_size_cli, multiturn_cli, quality_cli, router_cli, serve_cli, transport_cli
 
 _FORMATTER = argparse.RawDescriptionHelpFormatter
 
@@ -125,3 +125,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         description=multiturn_cli.DESCRIPTION, epilog=multiturn_cli.EPILOG, formatter_class=_FORMATTER)
     multiturn_cli.add_arguments(multiturn_parser)
     multiturn_parser.set_defaults(func=multiturn_cli.run)
+    router_parser = bench_sub.add_parser(
+        "router", help="what the router itself costs, against stub nodes (overhead at c=1, throughput at c=64)",
+        description=router_cli.DESCRIPTION, epilog=router_cli.EPILOG, formatter_class=_FORMATTER)
+    router_cli.add_arguments(router_parser)
+    router_parser.set_defaults(func=router_cli.run)
