@@ -4,7 +4,8 @@ Its own cluster (bench.prefix_cluster, the cluster bench multiturn --local runs)
 one prefill node and run without prefix caching, and prefix routing needs two nodes with their caches on.
 `up --local` starts one prefill node, so the spec is built directly ([[prefill]] arrays); the session's
 cluster is stopped first (one cluster at a time on this box). Three vLLM servers on two cores: prefill-1 on
-core 0, prefill-2 on core 1, decode on core 0; turns go one at a time, so prefill and decode do not compete.
+core 0, prefill-2 and decode on core 1; turns go one at a time and are one-token (served by a prefill node
+alone), so the runs test routing, not the KV transfer.
 
 What it shows, with 8 conversations x 3 turns behind a shared system prompt (prompts of 300-450 tokens):
 - the router tokenizes as vLLM does: its token ids equal the node's POST /tokenize for several
@@ -39,14 +40,20 @@ from tests.integration.checks import router_sample
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 TURNS, CONVERSATIONS = 3, 8
-ANSWER_TOKENS = 16
+# One answer token: the router serves such a turn on the prefill node it picks, alone (no decode, no KV pull), so
+# the runs test routing and cost ~0.5 s a turn. With 16 tokens through P/D, the decode node (sharing core 0 with
+# prefill-1 on this 2-core box) saw most KV pulls from prefill-1 stall until the lease expired (20-60 s a turn);
+# the other requests here are one-token too, but for the greedy equality check, which goes through P/D.
+ANSWER_TOKENS = 1
 
 
 @pytest.fixture(scope="module")
 def cluster(clusters, tmp_path_factory):
     clusters.stop()  # one cluster at a time on this box
-    engine = EngineSettings(kv_events=True, kv_lease_s=20, restart_on_crash=1)
-    with prefix_cluster.running(clusters.model_dir, tmp_path_factory.mktemp("prefix"), engine) as running:
+    engine = EngineSettings(kv_events=True, kv_lease_s=20, kv_transfer_timeout_s=10, restart_on_crash=1)
+    cores = ("0", "1", "1")  # decode beside prefill-2: prefix_aware sends these conversations to prefill-1
+    with prefix_cluster.running(clusters.model_dir, tmp_path_factory.mktemp("prefix"), engine,
+                                cores=cores) as running:
         yield running
 
 
@@ -130,7 +137,7 @@ def test_turns_land_on_the_node_holding_their_prefix_and_the_nodes_agree(cluster
 def test_a_greedy_answer_with_a_prefix_cache_hit_equals_colocated(cluster, runs):
     run = runs["prefix_aware"]
     by_turn = {(t["conversation"], t["turn"]): t for t in run["turns"]}
-    for conversation in run["work"].conversations[:3]:
+    for conversation in run["work"].conversations[:1]:  # one: a P/D request may wait out a stalled pull (above)
         answers = [by_turn[(conversation.index, 0)]["answer"], by_turn[(conversation.index, 1)]["answer"]]
         body = {"model": cluster.model_dir.name, "messages": multiturn.messages(conversation, 2, answers),
                 "max_tokens": 12, "temperature": 0, "ignore_eos": True}
@@ -158,7 +165,7 @@ def test_a_router_started_later_replays_what_the_nodes_hold(cluster, runs):
             time.sleep(0.5)
         messages = multiturn.messages(conversation, TURNS - 1, answers[:-1])
         messages += [{"role": "assistant", "content": answers[-1]}, {"role": "user", "content": "Thanks, and?"}]
-        body = {"model": cluster.model_dir.name, "messages": messages, "max_tokens": 4, "temperature": 0}
+        body = {"model": cluster.model_dir.name, "messages": messages, "max_tokens": 1, "temperature": 0}
         assert httpx.post(f"{url}/v1/chat/completions", json=body, timeout=300).status_code == 200
         holder = cluster.info_url(next(n for n in cluster.prefill_nodes if n.name == first["node"]))
         assert router_sample(url, "disagg_router_prefix_routes_total", node=holder, outcome="hit") == 1
@@ -183,7 +190,7 @@ def test_a_restarted_prefill_node_is_forgotten_then_learned_again(cluster, runs)
     work = multiturn.synthetic(2, 1, 150, 150, 40, seed=99)
     for i, conversation in enumerate(work.conversations):  # round robin on empty caches: one lands on it
         body = {"model": cluster.model_dir.name, "messages": multiturn.messages(conversation, 0, []),
-                "max_tokens": 2, "temperature": 0}
+                "max_tokens": 1, "temperature": 0}
         assert httpx.post(f"{cluster.router_url}/v1/chat/completions", json=body, timeout=300).status_code == 200
     deadline_s = time.monotonic() + 60
     while router_sample(cluster.router_url, "disagg_router_kv_index_blocks", node=cluster.info_url(node)) == 0:
