@@ -45,3 +45,28 @@ def test_each_prompt_goes_to_the_prefill_node_that_announced_its_prefix():
     finally:
         for pub in publishers:
             pub.close()
+
+
+def test_colocated_mode_routes_decode_nodes_by_their_announced_prefix():
+    publishers = [FakePublisher(), FakePublisher()]
+    try:
+        with stub_cluster(prefills=0, decodes=2, mode="colocated", decode_policy="prefix_aware") as c:
+            for stub, pub in zip(c.decodes, publishers):
+                stub.kv_event_sources = pub.sources
+            chain = block_hash.block_hashes(PROMPT, 4)
+
+            def announced() -> bool:
+                publishers[0].publish([stored(chain, 4, token_ids=PROMPT[:8])])
+                return c.metric(f'disagg_router_kv_index_blocks{{node="{c.decode_urls[0]}"}}') == 2
+
+            assert wait_for(announced, 20), "the router did not learn decode node 0's blocks"
+            for i in range(3):
+                before = [len(s.calls) for s in c.decodes]
+                resp = httpx.post(f"{c.url}/v1/completions", json=completion(prompt=PROMPT + [i]), timeout=30)
+                assert resp.status_code == 200, resp.text
+                assert [len(s.calls) - b for s, b in zip(c.decodes, before)] == [1, 0]
+            assert c.metric(f'disagg_router_prefix_routes_total{{node="{c.decode_urls[0]}",outcome="hit",'
+                            'role="decode"}') == 3
+    finally:
+        for pub in publishers:
+            pub.close()
