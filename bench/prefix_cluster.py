@@ -5,7 +5,9 @@
 builds the one-host cluster spec itself (deploy.cluster_file's `[[prefill]]` arrays) and runs it attached
 through deploy.cluster, the launcher every cluster uses. Nodes: `prefill-1..N` and `decode`, each vLLM
 server bound to its own core where the box has them (`cores`, default for 2 prefill nodes on a 2-core box:
-0 and 1, decode on 0; prefill and decode of one turn never run at once when turns go one at a time), with
+0 and 1, decode on 0; on that box a decode node sharing prefill-1's core saw its tcp pulls from prefill-1
+stall until the lease expired, so answers of one token, served by the prefill node alone, measure routing
+without it; the integration test puts decode beside prefill-2 instead, where pulls took ms), with
 prefix caching, KV events and the tcp transport; the router routes prefill nodes with `policy`, the
 baseline router serves colocated on the decode node. Ports are free loopback ports; a cluster token in a
 mode-600 file in the log folder. `extra_router(...)` starts one more router process on the same nodes
