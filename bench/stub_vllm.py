@@ -66,6 +66,7 @@ class StubState:
     active: int = 0
     aborted: int = 0
     info: dict[str, Any] | None = None  # served at /info (a disagg node supervisor's NodeInfo); None: 404
+    kv_event_sources: dict[str, Any] = field(default_factory=dict)  # vLLM's /kv_event_sources ({}: no events)
 
 
 EOS = len(WORDS)  # the end-of-sequence token: no text
@@ -148,6 +149,10 @@ def create_stub(role: str, engine_id: str = "stub-engine") -> tuple[FastAPI, Stu
     @app.get("/info")
     async def info() -> JSONResponse:
         return JSONResponse(state.info or {}, status_code=200 if state.info else 404)
+
+    @app.get("/kv_event_sources")
+    async def kv_event_sources() -> dict:
+        return state.kv_event_sources
 
     @app.get("/v1/models")
     async def models() -> dict:

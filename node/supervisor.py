@@ -28,6 +28,7 @@ from core.host import detect_platform
 from node.launch import NodeLaunch, resolve
 from node.role import NodeRole
 from node.settings import NodeSettings
+from node.tokenizer_route import add_tokenizer_route
 
 log = logging.getLogger(__name__)
 STOP_GRACE_S = 20.0
@@ -157,6 +158,7 @@ def info_app(supervisor: Supervisor) -> FastAPI:
         return JSONResponse({"status": "ok" if ok else "loading", "role": supervisor.role},
                             status_code=200 if ok else 503)
 
+    add_tokenizer_route(app, supervisor.launch.model_dir)  # for a prefix-aware router on another host
     if supervisor.launch.cluster_token:
         app.add_middleware(ClusterTokenMiddleware, token=supervisor.launch.cluster_token)  # /health stays open
     return app

@@ -18,13 +18,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from core.cluster_token import bearer_headers
 from core.errors import ClientDisconnected, DeadlineExceeded, DisaggError
 from core.messages import RequestTiming
-from router import openapi, validation
+from router import openapi, policies, validation
 from router.admission import Admission
 from router.auth import require_api_key
 from router.body import read_body
 from router.config import RouterConfig
 from router.dispatch import Call, Dispatcher
 from router.metrics import RouterMetrics
+from router.prefix_routing import PrefixRouting
 from router.registry import NodeRegistry
 from router.upstream import client_session, get_json
 from router.watch import until_done
@@ -35,6 +36,9 @@ log = logging.getLogger(__name__)
 def create_app(config: RouterConfig) -> FastAPI:
     registry = NodeRegistry.from_urls(config.prefill_urls, config.decode_urls)
     metrics = RouterMetrics()
+    prefix = PrefixRouting.create(config.prefix, config.policy_names, registry, metrics.registry)
+    registry.policies = {role: policies.create(name, policies.PolicyContext(role, registry.in_flight, prefix))
+                         for role, name in config.policy_names.items()}
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -44,15 +48,20 @@ def create_app(config: RouterConfig) -> FastAPI:
             app.state.dispatcher = Dispatcher(config, registry, client, metrics)
             await registry.check_all(health_client)
             task = asyncio.create_task(registry.run_health_loop(health_client, config.health_interval_s))
+            if prefix is not None:  # the nodes' KV events, and a tokenizer (router.prefix_routing)
+                await prefix.start(health_client, config.health_interval_s)
             try:
                 yield
             finally:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+                if prefix is not None:
+                    await prefix.stop()
 
     app = FastAPI(title="disagg router", lifespan=lifespan)
     app.state.config, app.state.registry, app.state.metrics = config, registry, metrics
+    app.state.prefix = prefix
     app.state.admission = Admission(config.max_inflight, config.max_queue)
     _add_error_handlers(app)
     app.include_router(_openai_routes())

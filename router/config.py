@@ -7,8 +7,30 @@ from typing import Literal
 from urllib.parse import urlparse
 
 from core.errors import ConfigError
+from router import policies
 
 Mode = Literal["disagg", "colocated"]
+PREFIX_MAX_BLOCKS_PER_NODE = 262_144  # ~25 MB of prefix index per node; 8x the blocks of an 80 GB GPU's cache
+
+
+@dataclass(frozen=True)
+class PrefixSettings:
+    """The prefix_aware policy's settings (router.prefix_routing, router.prefix_policy).
+
+    `tokenizer`: a local model folder with tokenizer.json (None: fetched from a node supervisor);
+    `load_weight`: how much one request in flight on a node weighs, in typical requests' prefill work (0:
+    load is ignored); `max_blocks_per_node`: the bound of the prefix index per node (router.prefix_index).
+    """
+
+    tokenizer: str | None = None
+    load_weight: float = 1.0
+    max_blocks_per_node: int = PREFIX_MAX_BLOCKS_PER_NODE
+
+    def __post_init__(self) -> None:
+        if not self.load_weight >= 0:
+            raise ConfigError("the prefix load weight must be >= 0")
+        if self.max_blocks_per_node < 1:
+            raise ConfigError("the prefix index needs room for at least one block per node")
 
 
 @dataclass(frozen=True)
@@ -25,6 +47,8 @@ class RouterConfig:
     `request_timeout_s` from arrival to its last byte (else 504); bodies over `max_body_bytes` get 413.
     `colocated_fallback`: when no prefill node can serve, the decode node prefills itself.
     `cluster_token`: the nodes' shared secret, sent as a bearer credential with every call to a node.
+    `prefill_policy` / `decode_policy`: how each role's node is chosen (router.policies: round_robin,
+    prefix_aware, ...); `prefix`: the prefix_aware policy's settings.
     """
 
     mode: Mode
@@ -41,6 +65,14 @@ class RouterConfig:
     colocated_fallback: bool = True
     api_key: str | None = field(default=None, repr=False)
     cluster_token: str | None = field(default=None, repr=False)  # sent to every node (core.cluster_token)
+    prefill_policy: str = "round_robin"
+    decode_policy: str = "round_robin"
+    prefix: PrefixSettings = field(default_factory=PrefixSettings)
+
+    @property
+    def policy_names(self) -> dict[str, str]:
+        """The routing policy of each role."""
+        return {"prefill": self.prefill_policy, "decode": self.decode_policy}
 
     def __post_init__(self) -> None:
         if self.mode not in ("disagg", "colocated"):
@@ -60,6 +92,9 @@ class RouterConfig:
                 raise ConfigError(f"{name} must be > 0")
         if self.max_body_bytes < 1024:
             raise ConfigError("max_body_bytes must be at least 1024")
+        for role, name in self.policy_names.items():
+            if name not in policies.names():
+                raise ConfigError(f"--{role}-policy {name!r}: known policies: {', '.join(policies.names())}")
         if self.max_inflight < 1 or self.max_queue < 0:
             raise ConfigError("max_inflight must be >= 1 and max_queue >= 0")
         if self.api_key is not None and (not self.api_key or not self.api_key.isascii()

@@ -23,6 +23,7 @@ from core.messages import RequestTiming
 from router import continuation, protocol
 from router.config import RouterConfig
 from router.metrics import RouterMetrics
+from router.policies import RoutingRequest
 from router.registry import Node, NodeRegistry
 from router.upstream import NodeFailure, post_json
 
@@ -50,9 +51,10 @@ class PrefillStep:
         first token (router.continuation), so the prefill is asked for the token ids too."""
         tried: set[str] = set()
         last: UpstreamError | None = None
+        routing = RoutingRequest(endpoint, body)
         while True:
             try:
-                node = self.registry.pick("prefill", frozenset(tried))
+                node = self.registry.pick("prefill", frozenset(tried), routing)
             except NoNodeAvailable as exc:
                 return None, self._fall_back(timing, last, exc)
             tried.add(node.url)
@@ -71,8 +73,9 @@ class PrefillStep:
         if continuing:
             prefill_body = continuation.prefill_request(prefill_body, body)
         try:
-            data = await post_json(self.client, "prefill", node.vllm_url + protocol.PATHS[endpoint],
-                                   prefill_body, headers)
+            with self.registry.in_flight.track(node):
+                data = await post_json(self.client, "prefill", node.vllm_url + protocol.PATHS[endpoint],
+                                       prefill_body, headers)
         except NodeFailure as exc:
             if exc.node_down:
                 self.registry.mark_failed(node, exc.message)

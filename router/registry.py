@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from core.errors import NoNodeAvailable
 from core.messages import NodeInfo
+from router.node_load import InFlight
 from router.policies import RoundRobin, RoutingPolicy, RoutingRequest
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ class Node:
 class NodeRegistry:
     nodes: list[Node]
     policies: dict[str, RoutingPolicy] = field(default_factory=lambda: {"prefill": RoundRobin(), "decode": RoundRobin()})
+    in_flight: InFlight = field(default_factory=InFlight)  # requests this router has on each node (router.node_load)
 
     @classmethod
     def from_urls(cls, prefill_urls: tuple[str, ...], decode_urls: tuple[str, ...],
@@ -66,10 +68,10 @@ class NodeRegistry:
         return cls(nodes, policies) if policies is not None else cls(nodes)
 
     def pick(self, role: str, exclude: frozenset[str] = frozenset(),
-             request: RoutingRequest = RoutingRequest()) -> Node:
+             request: RoutingRequest | None = None) -> Node:
         """A healthy node of `role` whose URL is not in `exclude`, as the role's policy chooses;
         NoNodeAvailable if none."""
-        return self.policies[role].pick(self.require(role, exclude), request)
+        return self.policies[role].pick(self.require(role, exclude), request or RoutingRequest())
 
     def require(self, role: str, exclude: frozenset[str] = frozenset()) -> list[Node]:
         """The healthy nodes of `role` not in `exclude`; NoNodeAvailable naming each node and why not."""

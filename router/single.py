@@ -39,6 +39,7 @@ from router import continuation, protocol, splice
 from router.chunk import Chunk
 from router.config import RouterConfig
 from router.metrics import RouterMetrics
+from router.policies import RoutingRequest
 from router.prefill import Prefilled, PrefillStep
 from router.registry import Node, NodeRegistry
 from router.upstream import CLIENT_ERRORS, NodeFailure, error_from_exception, open_stream, post_json
@@ -203,7 +204,7 @@ class SinglePath:
     async def _on_prefill_alone(self, body: dict[str, Any], endpoint: str, timing: RequestTiming,
                                 headers: dict[str, str], stream: bool) -> Any:
         """A one-token request, served whole by a prefill node (as colocated there: it keeps no KV)."""
-        node = self.registry.pick("prefill")
+        node = self.registry.pick("prefill", request=RoutingRequest(endpoint, body))
         return await self._on_node(node, "prefill", body, endpoint, timing, headers, stream)
 
     async def _prefill(self, body: dict[str, Any], endpoint: str, timing: RequestTiming,
@@ -229,8 +230,9 @@ class SinglePath:
     async def _on_decode_nodes(self, body: dict[str, Any], endpoint: str, timing: RequestTiming,
                                headers: dict[str, str], fallback: str | None, stream: bool) -> Any:
         tried: set[str] = set()
+        routing = RoutingRequest(endpoint, body)
         while True:
-            node = self._pick_decode(frozenset(tried), fallback)
+            node = self._pick_decode(frozenset(tried), fallback, routing)
             tried.add(node.url)
             try:
                 return await self._on_node(node, "decode", body, endpoint, timing, headers, stream)
@@ -241,9 +243,10 @@ class SinglePath:
                 log.warning("request %s: decode on %s failed before any output (%s); retrying on another "
                             "decode node", timing.request_id, node.url, exc.message)
 
-    def _pick_decode(self, exclude: frozenset[str], fallback: str | None) -> Node:
+    def _pick_decode(self, exclude: frozenset[str], fallback: str | None,
+                     routing: RoutingRequest | None = None) -> Node:
         try:
-            return self.registry.pick("decode", exclude)
+            return self.registry.pick("decode", exclude, routing)
         except NoNodeAvailable as exc:
             exc.message += f"; prefill: {fallback}" if fallback else ""
             raise
@@ -257,14 +260,17 @@ class SinglePath:
         started_s = time.monotonic()
         scope = AsyncExitStack()
         try:
+            scope.enter_context(self.registry.in_flight.track(node))  # until the answer or the stream's end
             if stream:
                 resp = await scope.enter_async_context(open_stream(self.client, role, url, body, headers))
                 return SubStream(resp, scope, role, timing if role == "decode" else None, started_s,
                                  self._abandon_release(role, body, endpoint, headers))
-            data = await post_json(self.client, role, url, body, headers)
+            async with scope:
+                data = await post_json(self.client, role, url, body, headers)
             timing.decode_s = max(timing.decode_s or 0.0, time.monotonic() - started_s)
             return data
         except NodeFailure as exc:
+            await scope.aclose()
             if exc.node_down:
                 self.registry.mark_failed(node, exc.message)
             raise

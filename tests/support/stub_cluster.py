@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 import httpx
@@ -21,6 +21,7 @@ class StubCluster:
     prefills: list[StubState]
     decodes: list[StubState]
     prefill_urls: list[str]
+    decode_urls: list[str] = field(default_factory=list)
 
     def metrics(self) -> str:
         return httpx.get(f"{self.url}/metrics", timeout=10).text
@@ -45,7 +46,7 @@ def stub_cluster(prefills: int = 1, decodes: int = 1, mode: str = "disagg",
         settings = RouterConfig(mode=mode, prefill_urls=tuple(p_urls) if mode == "disagg" else (),
                                 decode_urls=tuple(d_urls), **{"health_interval_s": 0.2, **config})
         url = stack.enter_context(serve(create_app(settings)))
-        yield StubCluster(url, [s for _, s in p_stubs], [s for _, s in d_stubs], p_urls)
+        yield StubCluster(url, [s for _, s in p_stubs], [s for _, s in d_stubs], p_urls, d_urls)
 
 
 def wait_for(condition: Callable[[], bool], timeout_s: float = 5.0) -> bool:

@@ -133,8 +133,8 @@ def _non_default(name: str, info) -> object:
 
 
 def _flag(name: str, value: object) -> list[str]:
-    if isinstance(value, bool):
-        return [f"--no-{name.replace('_', '-')}"]
+    if isinstance(value, bool):  # the flag that sets the field's non-default value
+        return [f"--{'' if value else 'no-'}{name.replace('_', '-')}"]
     return [f"--{name.replace('_', '-')}", json.dumps(list(value)) if isinstance(value, tuple) else str(value)]
 
 
