@@ -18,12 +18,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from core.cluster_token import bearer_headers
 from core.errors import ClientDisconnected, DeadlineExceeded, DisaggError
 from core.messages import RequestTiming
-from router import openapi, validation
+from router import openapi, policies, validation
 from router.admission import Admission
 from router.auth import require_api_key
 from router.body import read_body
 from router.config import RouterConfig
 from router.dispatch import Call, Dispatcher
+from router.load import LoadMonitor
 from router.metrics import RouterMetrics
 from router.registry import NodeRegistry
 from router.upstream import get_json
@@ -33,7 +34,9 @@ log = logging.getLogger(__name__)
 
 
 def create_app(config: RouterConfig) -> FastAPI:
-    registry = NodeRegistry.from_urls(config.prefill_urls, config.decode_urls)
+    registry = NodeRegistry.from_urls(config.prefill_urls, config.decode_urls,
+                                      {role: policies.create(getattr(config, f"{role}_policy"))
+                                       for role in ("prefill", "decode")})
     metrics = RouterMetrics()
 
     @contextlib.asynccontextmanager
@@ -45,13 +48,17 @@ def create_app(config: RouterConfig) -> FastAPI:
                 httpx.AsyncClient(timeout=httpx.Timeout(5.0), headers=headers) as health_client:
             app.state.dispatcher = Dispatcher(config, registry, client, metrics)
             await registry.check_all(health_client)
-            task = asyncio.create_task(registry.run_health_loop(health_client, config.health_interval_s))
+            tasks = [asyncio.create_task(registry.run_health_loop(health_client, config.health_interval_s))]
+            if config.needs_load:  # router.load: the nodes' vLLM metrics, for load-aware routing and the decider
+                monitor = LoadMonitor(registry.nodes)
+                tasks.append(asyncio.create_task(monitor.run(health_client, config.load_interval_s)))
             try:
                 yield
             finally:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                for task in tasks:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
 
     app = FastAPI(title="disagg router", lifespan=lifespan)
     app.state.config, app.state.registry, app.state.metrics = config, registry, metrics

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from core.cluster_token import CLUSTER_TOKEN_ENV, read_token
+from router import routing_cli
 from router.config import RouterConfig
 
 
@@ -39,6 +40,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--health-interval-s", type=float, default=2.0,
                    help="seconds between node health checks (default: 2)")
     _add_limit_options(p)
+    routing_cli.add_options(p)
     p.set_defaults(func=run)
 
 
@@ -78,6 +80,7 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
         colocated_fallback=args.colocated_fallback,
         api_key=args.api_key or None,
         cluster_token=read_token(args.cluster_token_file),
+        **routing_cli.config_values(args),
     )
 
 

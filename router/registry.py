@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from core.errors import NoNodeAvailable
 from core.messages import NodeInfo
+from router.load import NodeLoad
 from router.policies import RoundRobin, RoutingPolicy, RoutingRequest
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ SLOW_CHECKS_TO_DOWN = 3
 
 @dataclass
 class Node:
-    """One node as the router knows it. Mutated only by `NodeRegistry.check`."""
+    """One node as the router knows it. Mutated only by `NodeRegistry.check` (`load`: by router.load)."""
 
     role: str
     url: str
@@ -37,6 +38,7 @@ class Node:
     healthy: bool = False
     last_error: str | None = None
     slow_checks: int = 0  # consecutive health checks that timed out
+    load: NodeLoad = field(default_factory=NodeLoad)  # how busy it is (router.load; mutated there)
 
     @property
     def vllm_url(self) -> str:
@@ -50,6 +52,7 @@ class Node:
             "healthy": self.healthy,
             "last_error": self.last_error,
             "info": self.info.model_dump() if self.info else None,
+            "load": self.load.describe(),
         }
 
 
