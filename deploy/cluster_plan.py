@@ -65,7 +65,8 @@ def _router(spec: ClusterSpec, name: str, port: int, mode: str, node_urls: tuple
     field_name = "router.port" if name == "router" else "router.baseline_port"
     return Component(name=name, role=name, host=spec.router.host, address=_router_reach(spec),
                      binds=((bind, port, field_name),), health_port=port,
-                     args=("router", "--mode", mode, *node_urls, "--host", bind, "--port", str(port), *token))
+                     args=("router", "--mode", mode, *node_urls, "--host", bind, "--port", str(port), *token,
+                           *spec.router.policy_args(mode)))
 
 
 def router_address(spec: ClusterSpec) -> str:
