@@ -1,5 +1,5 @@
 """Registers bench's subcommands on the `disagg` CLI: `bench serve`, `bench compare`, `bench transport`,
-`bench quality`, `kv-size`.
+`bench quality`, `bench router`, `kv-size`.
 
 `disagg.cli` calls `add_parsers(subparsers)`; each leaf parser sets `func(args) -> int` (the exit code).
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from bench import compare_cli, kv_size_cli, quality_cli, serve_cli, transport_cli
+from bench import compare_cli, kv_size_cli, quality_cli, router_cli, serve_cli, transport_cli
 
 _FORMATTER = argparse.RawDescriptionHelpFormatter
 
@@ -120,3 +120,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         description=quality_cli.DESCRIPTION, epilog=quality_cli.EPILOG, formatter_class=_FORMATTER)
     quality_cli.add_arguments(quality_parser)
     quality_parser.set_defaults(func=quality_cli.run)
+    router_parser = bench_sub.add_parser(
+        "router", help="what the router itself costs, against stub nodes (overhead at c=1, throughput at c=64)",
+        description=router_cli.DESCRIPTION, epilog=router_cli.EPILOG, formatter_class=_FORMATTER)
+    router_cli.add_arguments(router_parser)
+    router_parser.set_defaults(func=router_cli.run)

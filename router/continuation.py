@@ -60,8 +60,10 @@ def reason_not_to_continue(body: dict[str, Any], endpoint: str) -> str | None:
         return "non-text message content"
     if endpoint == "completions" and not _one_prompt(body.get("prompt")):
         return "not one prompt"
-    budget, least = max_tokens_of(body), body.get("min_tokens")
-    if budget is not None and (budget < 2 or (isinstance(least, int) and least > budget)):
+    budget, least = max_tokens_of(body, endpoint), body.get("min_tokens")
+    if budget is None:  # chat's default budget may come from the model's generation config: it would grow by one
+        return "no token budget"
+    if budget < 2 or (isinstance(least, int) and least > budget):
         return "a token budget vLLM refuses"  # its 400 must name the client's numbers, not ours
     return None
 
@@ -70,11 +72,16 @@ def _one_prompt(prompt: Any) -> bool:
     return isinstance(prompt, str) or (isinstance(prompt, list) and all(isinstance(t, int) for t in prompt))
 
 
-def max_tokens_of(body: dict[str, Any]) -> int | None:
-    """The client's token budget (chat: max_completion_tokens over max_tokens), None when unset."""
-    value = body.get("max_completion_tokens")
-    return value if isinstance(value, int) else body.get("max_tokens") if isinstance(body.get("max_tokens"), int) \
-        else None
+COMPLETIONS_MAX_TOKENS = 16  # vLLM's (and OpenAI's) default for /v1/completions (completion/protocol.py)
+
+
+def max_tokens_of(body: dict[str, Any], endpoint: str = "chat") -> int | None:
+    """The client's token budget (chat: max_completion_tokens over max_tokens); unset, completions' default
+    (16) and chat's None (then the server's default: the context left, or the model's generation config)."""
+    for key in ("max_completion_tokens", "max_tokens"):
+        if isinstance(body.get(key), int):
+            return body[key]
+    return COMPLETIONS_MAX_TOKENS if endpoint == "completions" else None
 
 
 @dataclass(frozen=True)
@@ -148,6 +155,8 @@ def decode_request(body: dict[str, Any], endpoint: str, first: FirstToken,
         req["kv_transfer_params"] = dict(params)
     else:  # vLLM's chat server takes pre-tokenized ids from kv_transfer_params (renderers/online_renderer.py)
         req["kv_transfer_params"] = {**params, "prompt_token_ids": ids}
+    if endpoint == "completions" and not isinstance(req.get("max_tokens"), int):
+        req["max_tokens"] = COMPLETIONS_MAX_TOKENS  # its default, made explicit so that one less can be asked
     for key in ("max_tokens", "max_completion_tokens"):
         if isinstance(req.get(key), int):
             req[key] -= 1

@@ -142,7 +142,7 @@ class SinglePath:
                      prefill: bool, stream: bool) -> Any:
         if not prefill:  # colocated mode, or a shape served whole
             return await self._on_decode_nodes(body, endpoint, timing, headers, None, stream)
-        if continuation.max_tokens_of(body) == 1:  # the prefill node's one token is the answer: no KV to keep
+        if continuation.max_tokens_of(body, endpoint) == 1:  # the prefill node's one token is the answer: no KV to keep
             return await self._on_prefill_alone(body, endpoint, timing, headers, stream)
         self.registry.require("decode")  # no prompt is prefilled for a decode node that is not there
         why_not = continuation.reason_not_to_continue(body, endpoint)

@@ -47,7 +47,8 @@ def text_of(chunks: list[dict]) -> str:
 
 @pytest.mark.parametrize("body", [COMPLETION, CHAT, {**CHAT, "return_token_ids": True},
                                   {**COMPLETION, "return_token_ids": True, "min_tokens": 3},
-                                  {**CHAT, "max_tokens": None, "max_completion_tokens": 5}])
+                                  {**CHAT, "max_tokens": None, "max_completion_tokens": 5},
+                                  {key: v for key, v in COMPLETION.items() if key != "max_tokens"}])
 def test_unary_answers_equal_colocated_and_the_decode_node_continues(routers, body):
     disagg, colocated = routers
     calls_before = len(disagg.decodes[0].calls)
@@ -57,8 +58,9 @@ def test_unary_answers_equal_colocated_and_the_decode_node_continues(routers, bo
     for key in ("choices", "usage", "prompt_token_ids"):
         assert got.json().get(key) == want.json().get(key), key
     decode_call = disagg.decodes[0].calls[calls_before]
-    budget = continuation.max_tokens_of(body)
-    assert continuation.max_tokens_of(decode_call) == budget - 1  # one token less to make
+    endpoint = "chat" if "messages" in body else "completions"
+    budget = continuation.max_tokens_of(body, endpoint)
+    assert continuation.max_tokens_of(decode_call, endpoint) == budget - 1  # one token less to make
     if "messages" in body:
         assert len(decode_call["kv_transfer_params"]["prompt_token_ids"]) == len(body["messages"][0]["content"].split()) + 1
     else:
@@ -109,6 +111,11 @@ def test_one_token_requests_are_served_by_a_prefill_node_alone_and_keep_no_kv(ro
     assert got.status_code == 200 and got.json()["usage"]["completion_tokens"] == 1
     assert "kv_transfer_params" not in prefill.calls[-1]  # a plain request: vLLM keeps nothing for a pull
     assert len(decode.calls) == calls and len(decode.released) == released
+
+
+def test_a_chat_request_without_a_token_budget_is_decoded_the_plain_way():
+    assert continuation.reason_not_to_continue({**CHAT, "max_tokens": None}, "chat") == "no token budget"
+    assert continuation.reason_not_to_continue({"model": "m", "prompt": "p"}, "completions") is None  # 16
 
 
 @pytest.mark.parametrize("extra,why", [({"stop": ["x"]}, "stop strings"), ({"temperature": 0.8, "seed": 3}, "seeded"),

@@ -1,0 +1,383 @@
+"""An HTTP stub that speaks vLLM's OpenAI API and its P/D protocol: the one seam for router tests, and the
+fake nodes of `disagg bench router` (`python -m bench.stub_vllm ROLE PORT` serves one).
+
+A prefill stub answers a request carrying `kv_transfer_params.do_remote_decode` with one token and
+`kv_transfer_params` naming its blocks. A decode stub checks that it got those params (recording the
+"pull") and generates deterministic tokens. Prompts containing magic words make it fail on purpose:
+`FAIL500` (HTTP 500), `CUTSTREAM` (the stream ends without [DONE]), `NOKV` (prefill omits kv params),
+`HOLDPREFILL` / `HOLDDECODE` (the prefill / decode stub holds the request until its client goes away; not a
+one-token decode request, the way the router releases a prefill's KV on a plain vLLM server), `SLOWPREFILL`
+(the prefill stub answers after SLOW_S). Like a disagg node it answers the release call
+(`/disagg/v1/release_kv`), recording it in `released`.
+
+Like vLLM 0.32 it serves a completions `prompt` that is a list of strings or of token-id lists as a batch
+and `n` choices per prompt (choice j seeded `seed + j`, choices indexed `prompt_i * n + j`, usage summed),
+and a prefill stub returns only the FIRST prompt's `kv_transfer_params` for a batch
+(`final_res_batch[0]`). A decode stub given `kv_transfer_params` generates every prompt's tokens from the
+pulled prompt (as vLLM would decode from the first prompt's KV), so a batch sent through P/D as is answers
+wrong text. It refuses what vLLM refuses that matters to the P/D split: `min_tokens` > `max_tokens`,
+`max_tokens` < 1 (without `echo`), `stream_options` without `stream`, an empty prompt, `n` > 1 with greedy
+sampling.
+
+The stub is a tiny autoregressive model over token ids: a prompt's words are its tokens (ids from a CRC
+of each word), and each generated token is a function of every token before it (prompt and output). So a
+decode stub asked to continue from "prompt ids + first token" generates exactly the tokens colocated serving
+would after that first token, as vLLM does: the router's first-token continuation is testable here. Token
+ids come back with `return_token_ids` (vLLM's places: completions per choice, chat's prompt ids at the top);
+chat streams start with a role chunk. `STOPFIRST` in a prompt makes the first generated token the end of
+sequence (empty text, finish reason "stop").
+
+Per stub, tests can also set on its `StubState`: `fail_status` (answer every generation request with
+that HTTP status), `info` (a NodeInfo to serve at /info), `hold` (keep requests waiting until it is cleared),
+`token_delay_s` (a pause between streamed tokens) and `metrics` (vLLM's load gauges and counters served at
+/metrics, e.g. `vllm:num_requests_waiting`); and read `active` (requests in progress), `aborted` (requests whose client
+went away before the answer was complete) and `calls`. A body vLLM would reject gets a 400, as vLLM does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.requests import ClientDisconnect
+
+WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"]
+MAX_TOKENS = 512  # a stub answer is never longer, whatever max_tokens says
+SLOW_S = 0.3
+
+
+@dataclass
+class StubState:
+    role: str
+    engine_id: str
+    calls: list[dict[str, Any]] = field(default_factory=list)
+    pulled: list[dict[str, Any]] = field(default_factory=list)
+    released: list[dict[str, Any]] = field(default_factory=list)  # release calls (node/vllm_middleware.py)
+    healthy: bool = True
+    fail_status: int | None = None
+    hold: bool = False
+    token_delay_s: float = 0.0
+    active: int = 0
+    aborted: int = 0
+    info: dict[str, Any] | None = None  # served at /info (a disagg node supervisor's NodeInfo); None: 404
+    metrics: dict[str, float] | None = None  # served at /metrics as vLLM's gauges and counters; None: 404
+
+
+EOS = len(WORDS)  # the end-of-sequence token: no text
+
+
+def _prompt_texts(body: dict[str, Any]) -> list[str]:
+    """One text per prompt of the request (a batch of prompts for a list of strings or token-id lists)."""
+    if "messages" in body:
+        return [" ".join(str(m.get("content", "")) for m in body["messages"])]
+    prompt = body.get("prompt", "")
+    if isinstance(prompt, list) and prompt and all(isinstance(p, int) for p in prompt):
+        return [detokenize(prompt)]
+    if isinstance(prompt, list) and prompt and all(isinstance(p, (str, list)) for p in prompt):
+        return [detokenize(p) if isinstance(p, list) else p for p in prompt]
+    return [str(prompt)]
+
+
+def _prompt_text(body: dict[str, Any]) -> str:
+    return " ".join(_prompt_texts(body))
+
+
+_TEXT_OF_ID: dict[int, str] = {}  # every word the stub has tokenized, so token-id prompts read as text again
+
+
+def tokenize(text: str) -> list[int]:
+    """The stub's token ids of a text: one per word, above the generated vocabulary."""
+    ids = [100 + zlib.crc32(word.encode()) % 100_000 for word in text.split()]
+    _TEXT_OF_ID.update(zip(ids, text.split()))
+    return ids
+
+
+def detokenize(ids: list[int]) -> str:
+    """A token-id prompt as text (the magic words survive the router's continuation from token ids)."""
+    return " ".join(_TEXT_OF_ID.get(t, word(t).strip() if 0 <= t <= EOS else str(t)) for t in ids)
+
+
+def prompt_ids(body: dict[str, Any]) -> list[list[int]]:
+    """Each prompt's token ids (a list of ints is one prompt; chat may bring them in kv_transfer_params)."""
+    reused = (body.get("kv_transfer_params") or {}).get("prompt_token_ids")
+    if "messages" in body:
+        return [list(reused)] if isinstance(reused, list) else [tokenize(_prompt_texts(body)[0])]
+    prompt = body.get("prompt", "")
+    if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
+        return [list(prompt)]
+    if isinstance(prompt, list) and prompt and all(isinstance(p, list) for p in prompt):
+        return [list(p) for p in prompt]
+    return [tokenize(text) for text in _prompt_texts(body)]
+
+
+def generate(ids: list[int], body: dict[str, Any], choice: int = 0, stop_first: bool = False) -> list[int]:
+    """The stub model: token k is (sum of every token before it + seed + choice) mod |WORDS|."""
+    n = min(MAX_TOKENS, body.get("max_completion_tokens") or body.get("max_tokens") or 16)
+    out: list[int] = []
+    for _ in range(n):
+        if stop_first and not out:
+            return [EOS]
+        out.append((sum(ids) + sum(out) + (body.get("seed") or 0) + choice) % len(WORDS))
+    return out
+
+
+def word(token_id: int) -> str:
+    return "" if token_id == EOS else f" {WORDS[token_id]}"
+
+
+def expected_tokens(body: dict[str, Any], prompt: str | None = None, choice: int = 0) -> list[str]:
+    """The token texts colocated serving of the client's `body` generates (default: its only prompt)."""
+    ids = prompt_ids(body)[0] if prompt is None else tokenize(prompt)
+    text = _prompt_texts(body)[0] if prompt is None else prompt
+    return [word(t) for t in generate(ids, body, choice, stop_first="STOPFIRST" in text)]
+
+
+def create_stub(role: str, engine_id: str = "stub-engine") -> tuple[FastAPI, StubState]:
+    app = FastAPI()
+    state = StubState(role=role, engine_id=engine_id)
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        return JSONResponse({}, status_code=200 if state.healthy else 503)
+
+    @app.get("/info")
+    async def info() -> JSONResponse:
+        return JSONResponse(state.info or {}, status_code=200 if state.info else 404)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        if state.metrics is None:
+            return Response(status_code=404)
+        lines = [f'{name}{{engine="0",model_name="stub-model"}} {value}' for name, value in state.metrics.items()]
+        return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/models")
+    async def models() -> dict:
+        return {"object": "list", "data": [{"id": "stub-model", "object": "model"}]}
+
+    @app.post("/disagg/v1/release_kv")
+    async def release_kv(request: Request) -> Any:
+        state.released.append((await request.json())["kv_transfer_params"])
+        return {"released": True}
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Any:
+        return await _guarded(state, request, chat=False)
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> Any:
+        return await _guarded(state, request, chat=True)
+
+    return app, state
+
+
+async def _guarded(state: StubState, request: Request, chat: bool) -> Any:
+    """Count the request as active until its answer is complete; hold it while `state.hold`."""
+    try:
+        body = await request.json()
+    except ClientDisconnect:  # the router cancelled the call while sending it
+        return JSONResponse({}, status_code=499)
+    state.calls.append(body)
+    state.active += 1
+    try:
+        release = state.role == "decode" and body.get("max_tokens") == 1
+        magic_hold = f"HOLD{state.role.upper()}" in _prompt_text(body) and not release
+        if f"SLOW{state.role.upper()}" in _prompt_text(body):
+            await asyncio.sleep(SLOW_S)
+        answer = (await _wait_while_held(state, request, magic_hold)) or await _handle(state, body, chat)
+    except (TypeError, AttributeError, ValueError, KeyError) as exc:
+        answer = JSONResponse({"error": {"message": f"invalid request: {exc}", "type": "BadRequestError",
+                                         "param": None, "code": 400}}, status_code=400)
+    except BaseException:
+        state.active -= 1
+        raise
+    if isinstance(answer, StreamingResponse):
+        answer.body_iterator = _tracked(state, answer.body_iterator)
+    else:
+        state.active -= 1
+    return answer
+
+
+async def _wait_while_held(state: StubState, request: Request, magic_hold: bool) -> JSONResponse | None:
+    """None once `state.hold` is cleared (never, for a prompt with the magic hold word); a 499 (and one more
+    `aborted`) if the client goes away first."""
+    while state.hold or magic_hold:
+        if await request.is_disconnected():
+            state.aborted += 1
+            return JSONResponse({}, status_code=499)
+        await asyncio.sleep(0.01)
+    return None
+
+
+async def _tracked(state: StubState, chunks: Any):
+    finished = False
+    try:
+        async for chunk in chunks:
+            yield chunk
+        finished = True
+    finally:
+        state.active -= 1
+        state.aborted += not finished
+
+
+async def _handle(state: StubState, body: dict[str, Any], chat: bool) -> Any:
+    text = _prompt_text(body)
+    if state.fail_status is not None:
+        return JSONResponse({"error": {"message": f"stub failing with {state.fail_status}",
+                                       "type": "InternalServerError"}}, status_code=state.fail_status)
+    if "FAIL500" in text:
+        return JSONResponse({"error": {"message": "engine crashed", "type": "InternalServerError"}}, status_code=500)
+    if body.get("model") != "stub-model":
+        return JSONResponse({"error": {"message": f"The model `{body.get('model')}` does not exist.",
+                                       "type": "NotFoundError", "param": "model", "code": 404}}, status_code=404)
+    if (refusal := _refusal(body)) is not None:
+        message, param = refusal
+        return JSONResponse({"error": {"message": message, "type": "BadRequestError", "param": param, "code": 400}},
+                            status_code=400)
+    params = body.get("kv_transfer_params") or {}
+    if params.get("do_remote_decode"):
+        return _prefill_answer(state, body, chat)
+    ids = prompt_ids(body)
+    if params.get("do_remote_prefill"):  # decode from the pulled KV, then this request's own later tokens
+        state.pulled.append(params)
+        kv = list(params.get("stub_prompt_ids") or [])
+        remote = params.get("remote_num_tokens", len(kv))
+        ids = [kv[:remote] + own[remote:] for own in ids]
+    outputs = _outputs(body, ids)
+    if body.get("stream"):
+        stream = _stream(outputs, chat, body, cut="CUTSTREAM" in text, delay_s=state.token_delay_s)
+        return StreamingResponse(stream, media_type="text/event-stream")
+    return _unary(outputs, chat, body)
+
+
+def _refusal(body: dict[str, Any]) -> tuple[str, str | None] | None:
+    """(message, param) of vLLM's 400 for a body it refuses; None if it serves it."""
+    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+    if isinstance(max_tokens, int) and max_tokens < 1 and not body.get("echo"):
+        return f"max_tokens must be at least 1, got {max_tokens}.", "max_tokens"
+    if isinstance(max_tokens, int) and (body.get("min_tokens") or 0) > max_tokens:
+        return f"min_tokens must be less than or equal to max_tokens={max_tokens}, got {body['min_tokens']}.", None
+    if body.get("stream_options") and not body.get("stream"):
+        return "Stream options can only be defined when `stream=True`.", "stream_options"
+    if body.get("prompt") == "" and "messages" not in body:
+        return "Either prompt or prompt_embeds must be provided and non-empty.", "prompt"
+    if (body.get("n") or 1) > 1 and body.get("temperature", 1.0) == 0:
+        return f"n must be 1 when using greedy sampling, got {body['n']}.", None
+    return None
+
+
+Output = tuple[list[int], list[int]]  # (prompt ids, generated ids) of one choice
+
+
+def _outputs(body: dict[str, Any], ids_per_prompt: list[list[int]]) -> list[Output]:
+    """(prompt ids, generated ids) per choice, in vLLM's order: prompt i, choice j at i * n + j."""
+    n = body.get("n") or 1
+    texts = _prompt_texts(body)
+    stop_first = ["STOPFIRST" in texts[i] if i < len(texts) else False for i in range(len(ids_per_prompt))]
+    return [(ids, generate(ids, body, choice=j, stop_first=stop_first[i]))
+            for i, ids in enumerate(ids_per_prompt) for j in range(n)]
+
+
+def _prefill_answer(state: StubState, body: dict[str, Any], chat: bool) -> JSONResponse:
+    assert body["max_tokens"] == 1 and body["stream"] is False
+    ids = prompt_ids(body)
+    data = json.loads(_unary(_outputs(body, ids), chat, body).body)
+    if "NOKV" not in _prompt_text(body):  # vLLM: the first prompt's params only, for a whole batch
+        data["kv_transfer_params"] = {"do_remote_prefill": True, "do_remote_decode": False,
+                                      "remote_block_ids": [1, 2, 3], "remote_engine_id": state.engine_id,
+                                      "remote_request_id": "stub-req", "remote_host": "127.0.0.1",
+                                      "remote_port": 5600, "remote_num_tokens": len(ids[0]),
+                                      "stub_prompt_ids": ids[0]}
+    return JSONResponse(data)
+
+
+def _finish(generated: list[int], body: dict[str, Any]) -> str:
+    return "stop" if generated and generated[-1] == EOS else "length"
+
+
+def _unary(outputs: list[Output], chat: bool, body: dict[str, Any]) -> JSONResponse:
+    ids_asked = bool(body.get("return_token_ids"))
+    choices = []
+    for index, (prompt, generated) in enumerate(outputs):
+        text = "".join(word(t) for t in generated)
+        choice: dict[str, Any] = {"index": index, "finish_reason": _finish(generated, body),
+                                  "token_ids": generated if ids_asked else None}
+        if chat:
+            choice["message"] = {"role": "assistant", "content": text}
+        else:
+            choice.update(text=text, prompt_token_ids=prompt if ids_asked else None)
+        choices.append(choice)
+    data = {"id": "stub-1", "object": "chat.completion" if chat else "text_completion",
+            "created": int(time.time()), "model": "stub-model", "choices": choices,
+            "usage": _usage(outputs, body.get("n") or 1)}
+    if chat:
+        data["prompt_token_ids"] = outputs[0][0] if ids_asked else None
+    return JSONResponse(data)
+
+
+def _usage(outputs: list[Output], n: int = 1) -> dict[str, int]:
+    prompt_tokens = sum(len(p) for p, _ in outputs[::n])
+    completion_tokens = sum(len(generated) for _, generated in outputs)
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def _chunk(data: dict[str, Any]) -> str:
+    return f"data: {json.dumps({'id': 'stub-1', 'model': 'stub-model', **data})}\n\n"
+
+
+async def _stream(outputs: list[Output], chat: bool, body: dict[str, Any], cut: bool, delay_s: float):
+    ids_asked = bool(body.get("return_token_ids"))
+    if chat:  # vLLM's chat streams open with the role, one chunk per choice
+        for index, (prompt, _) in enumerate(outputs):
+            role = {"choices": [{"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                                 "finish_reason": None}]}
+            yield _chunk({**role, **({"prompt_token_ids": prompt} if ids_asked else {})})
+    for i in range(max(len(generated) for _, generated in outputs)):
+        if cut and i == 2:
+            return
+        for index, (prompt, generated) in enumerate(outputs):
+            if i < len(generated):
+                yield _chunk({"choices": [_stream_choice(index, prompt, generated, i, chat, body)]})
+        await asyncio.sleep(delay_s)
+    if (body.get("stream_options") or {}).get("include_usage"):
+        yield _chunk({"choices": [], "usage": _usage(outputs, body.get("n") or 1)})
+    yield "data: [DONE]\n\n"
+    await asyncio.sleep(delay_s)  # and closes a pause later, as a busy server may
+
+
+def _stream_choice(index: int, prompt: list[int], generated: list[int], i: int, chat: bool,
+                   body: dict[str, Any]) -> dict[str, Any]:
+    last = i == len(generated) - 1
+    choice: dict[str, Any] = {"index": index, "finish_reason": _finish(generated, body) if last else None}
+    if chat:
+        choice["delta"] = {"content": word(generated[i])}
+    else:
+        choice["text"] = word(generated[i])
+    if body.get("return_token_ids"):
+        choice["token_ids"] = [generated[i]]
+        if not chat and i == 0:
+            choice["prompt_token_ids"] = prompt
+    return choice
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m bench.stub_vllm ROLE PORT [TOKEN_DELAY_S]`: serve one stub on 127.0.0.1 until killed."""
+    import sys
+
+    import uvicorn
+
+    args = sys.argv[1:] if argv is None else argv
+    app, state = create_stub(args[0], engine_id=f"{args[0]}-stub")
+    state.token_delay_s = float(args[2]) if len(args) > 2 else 0.0
+    uvicorn.run(app, host="127.0.0.1", port=int(args[1]), log_level="warning", access_log=False)
+
+
+if __name__ == "__main__":
+    main()
