@@ -86,3 +86,21 @@ def test_a_cluster_files_router_names_its_policies(tmp_path: Path):
     bad = error_of(tmp_path, text.replace('decode_policy = "load_aware"', 'decode_policy = "fastest"'))
     assert "router.decode_policy: unknown routing policy 'fastest'" in bad
     assert "router.disagg_policy" in error_of(tmp_path, text.replace('"conditional"', '"sometimes"'))
+
+
+@pytest.mark.parametrize("body, ready", [
+    ({"status": "ok", "nodes": [{"role": "decode", "healthy": True}, {"role": "decode", "healthy": False}]}, False),
+    ({"status": "ok", "nodes": [{"role": "decode", "healthy": True}, {"role": "prefill", "healthy": True}]}, True),
+    ("OK", True),  # a node's /health: its 200 is enough
+])
+def test_a_router_is_ready_once_it_sees_every_node_healthy(body, ready):
+    import httpx
+
+    from deploy.cluster import _healthy
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=body) if isinstance(body, dict) else httpx.Response(200, text=body)
+
+    with httpx.Client(transport=httpx.MockTransport(answer)) as client:
+        assert _healthy(client, "http://router/health", every_node=True) is ready
+        assert _healthy(client, "http://router/health") is True  # `status` asks the plain question
