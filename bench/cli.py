@@ -1,5 +1,5 @@
 """Registers bench's subcommands on the `disagg` CLI: `bench serve`, `bench compare`, `bench transport`,
-`bench quality`, `bench router`, `kv-size`.
+`bench quality`, `bench router`, `bench kv-tier`, `kv-size`.
 
 `disagg.cli` calls `add_parsers(subparsers)`; each leaf parser sets `func(args) -> int` (the exit code).
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from bench import compare_cli, kv_size_cli, quality_cli, router_cli, serve_cli, transport_cli
+from bench import compare_cli, kv_size_cli, kv_tier_cli, quality_cli, router_cli, serve_cli, transport_cli
 
 _FORMATTER = argparse.RawDescriptionHelpFormatter
 
@@ -125,3 +125,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         description=router_cli.DESCRIPTION, epilog=router_cli.EPILOG, formatter_class=_FORMATTER)
     router_cli.add_arguments(router_parser)
     router_parser.set_defaults(func=router_cli.run)
+    tier_parser = bench_sub.add_parser(
+        "kv-tier", help="two-turn conversations: TTFT of a second turn on a prefill node without the first",
+        description=kv_tier_cli.DESCRIPTION, epilog=kv_tier_cli.EPILOG, formatter_class=_FORMATTER)
+    kv_tier_cli.add_arguments(tier_parser)
+    tier_parser.set_defaults(func=kv_tier_cli.run)

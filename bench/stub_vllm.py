@@ -29,8 +29,9 @@ sequence (empty text, finish reason "stop").
 
 Per stub, tests can also set on its `StubState`: `fail_status` (answer every generation request with
 that HTTP status), `info` (a NodeInfo to serve at /info), `hold` (keep requests waiting until it is cleared),
-`token_delay_s` (a pause between streamed tokens) and `metrics` (vLLM's load gauges and counters served at
-/metrics, e.g. `vllm:num_requests_waiting`); and read `active` (requests in progress), `aborted` (requests whose client
+`token_delay_s` (a pause between streamed tokens), `first_chunk_delay_s` (a pause between a stream's headers
+and its first chunk) and `metrics` (vLLM's load gauges and counters served at /metrics, e.g.
+`vllm:num_requests_waiting`); and read `active` (requests in progress), `aborted` (requests whose client
 went away before the answer was complete) and `calls`. A body vLLM would reject gets a 400, as vLLM does.
 """
 
@@ -63,6 +64,7 @@ class StubState:
     fail_status: int | None = None
     hold: bool = False
     token_delay_s: float = 0.0
+    first_chunk_delay_s: float = 0.0  # a pause between a stream's headers and its first chunk
     active: int = 0
     aborted: int = 0
     info: dict[str, Any] | None = None  # served at /info (a disagg node supervisor's NodeInfo); None: 404
@@ -251,7 +253,8 @@ async def _handle(state: StubState, body: dict[str, Any], chat: bool) -> Any:
         ids = [kv[:remote] + own[remote:] for own in ids]
     outputs = _outputs(body, ids)
     if body.get("stream"):
-        stream = _stream(outputs, chat, body, cut="CUTSTREAM" in text, delay_s=state.token_delay_s)
+        stream = _stream(outputs, chat, body, cut="CUTSTREAM" in text, delay_s=state.token_delay_s,
+                         first_delay_s=state.first_chunk_delay_s)
         return StreamingResponse(stream, media_type="text/event-stream")
     return _unary(outputs, chat, body)
 
@@ -329,11 +332,14 @@ def _usage(outputs: list[Output], n: int = 1) -> dict[str, int]:
 
 
 def _chunk(data: dict[str, Any]) -> str:
-    return f"data: {json.dumps({'id': 'stub-1', 'model': 'stub-model', **data})}\n\n"
+    """One SSE event, compact JSON with the id first, as vLLM writes them (pydantic's model_dump_json)."""
+    return f"data: {json.dumps({'id': 'stub-1', 'model': 'stub-model', **data}, separators=(',', ':'))}\n\n"
 
 
-async def _stream(outputs: list[Output], chat: bool, body: dict[str, Any], cut: bool, delay_s: float):
+async def _stream(outputs: list[Output], chat: bool, body: dict[str, Any], cut: bool, delay_s: float,
+                  first_delay_s: float = 0.0):
     ids_asked = bool(body.get("return_token_ids"))
+    await asyncio.sleep(first_delay_s)
     if chat:  # vLLM's chat streams open with the role, one chunk per choice
         for index, (prompt, _) in enumerate(outputs):
             role = {"choices": [{"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,

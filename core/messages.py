@@ -47,6 +47,7 @@ class RequestTiming(BaseModel):
     prefill_s: float | None = None  # the prefill node's answer (the slowest part's)
     ttft_s: float | None = None  # arrival to the first token's chunk leaving the router (streams)
     decode_ttft_s: float | None = None  # the decode node's call to its first chunk: KV pull + first decode step
+    decode_first_s: float | None = None  # arrival to the decode node's first chunk at the router (streams)
     decode_s: float | None = None
     total_s: float | None = None
     kv_bytes: int | None = None

@@ -12,6 +12,7 @@ import httpx
 
 from core.cluster_token import CLUSTER_TOKEN_ENV, read_token
 from core.errors import ConfigError
+from core.host import PLATFORMS
 from core.settings_flags import add_flags, given_values, pairs_to_dict
 from deploy import cluster_plan, local, signals
 from deploy.cluster import Cluster, ClusterFailed, log_tail, watch
@@ -38,6 +39,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="with FILE: first install this disagg source and the right vLLM on every host "
                    "(deploy/install.sh there)")
     p.add_argument("--local", action="store_true", help="run every component on this host")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print, per host, what would run (commands, vLLM command lines and environment with "
+                   "secrets masked, ports, the transport and why) and the pre-flight checks; start nothing, "
+                   "contact no host")
+    p.add_argument("--platform", choices=sorted(PLATFORMS),
+                   help="with --dry-run: build the nodes' vLLM command lines as on a host of this kind "
+                   "(default: this machine's kind with --local; not shown for a cluster file)")
+    p.add_argument("--model-config", type=Path, metavar="DIR",
+                   help="with --dry-run: a local folder holding the model's config.json, when the cluster "
+                   "file's model folder is not on this machine")
     local_flags = add_flags(p.add_argument_group("--local"), local.LocalOptions,
                             defaults={"run_dir": "~/.cache/disagg/logs/local"})
     engine_flags = add_flags(p.add_argument_group("--local: engine (both nodes; a cluster file's [engine])"),
@@ -48,11 +59,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def add_cluster_parsers(sub: argparse._SubParsersAction) -> None:
-    """`down`, `status`, `logs` (cluster files) and `host` (what they run on each host)."""
-    from deploy import cluster_cli, host_agent
+    """`down`, `status`, `logs` (cluster files), `host` (what they run on each host) and `kv-tier` (a KV
+    tier's Redis server, which `up` starts)."""
+    from deploy import cluster_cli, host_agent, kv_tier_server
 
     cluster_cli.add_parsers(sub)
     host_agent.add_parsers(sub)
+    kv_tier_server.add_parsers(sub)
 
 
 def run_up(args: argparse.Namespace) -> int:
@@ -66,7 +79,18 @@ def run_up(args: argparse.Namespace) -> int:
         from deploy import cluster_cli
 
         return cluster_cli.run_up_file(args)
+    if args.dry_run:
+        return _dry_run_local(options_from_args(args), args)
     return run_up_local(options_from_args(args), demo=args.demo)
+
+
+def _dry_run_local(options: local.LocalOptions, args: argparse.Namespace) -> int:
+    from core.host import detect_platform
+    from deploy import dry_run
+
+    platform = args.platform or next((name for name, p in PLATFORMS.items() if p.cuda == detect_platform().cuda))
+    print(dry_run.report(Cluster.of(local.spec(options)), platform, args.model_config))
+    return 0
 
 
 def options_from_args(args: argparse.Namespace) -> local.LocalOptions:

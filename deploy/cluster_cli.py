@@ -37,6 +37,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 def run_up_file(args: argparse.Namespace) -> int:
     cluster = Cluster.of(cluster_file.load(args.file))
+    if args.dry_run:
+        from deploy import dry_run
+
+        print(dry_run.report(cluster, args.platform, args.model_config))
+        return 0
     if cluster.spec.token_file is None:
         log.warning("%s sets no token_file: the nodes' vLLM servers and /info answer anyone who reaches them "
                     "(see deploy/README.md, \"The cluster token\")", args.file)

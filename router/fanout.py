@@ -20,6 +20,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Protocol, TypeVar
 import anyio
 
 from core.errors import DisaggError
+from router.chunk import Chunk
 from router.merge import ChunkMerger, Split, merge_bodies
 
 T = TypeVar("T")
@@ -27,7 +28,7 @@ QUEUE_CHUNKS = 64  # chunks the parts may run ahead of the client before they wa
 
 
 class Stream(Protocol):
-    def chunks(self) -> AsyncIterator[dict[str, Any]]: ...
+    def chunks(self) -> AsyncIterator[Chunk]: ...
 
     async def aclose(self) -> None: ...
 
@@ -46,12 +47,23 @@ async def unary(single: Single, split: Split) -> dict[str, Any]:
     return merge_bodies(split, bodies)
 
 
-async def open_stream(single: Single, split: Split) -> AsyncIterator[dict[str, Any]]:
+async def open_stream(single: Single, split: Split) -> AsyncIterator[Chunk]:
     """Every part's stream opened (so a refusal is still an HTTP error), then their merged chunks: an async
-    generator whose `aclose()` closes every part's stream."""
+    generator whose `aclose()` closes every part's stream. One part's chunks pass through as they come."""
     streams = await run_all([single.open_stream(part.body) for part in split.parts],
                             discard=lambda stream: stream.aclose())
+    if not split.is_split:
+        return _alone(streams[0])
     return _merged(streams, ChunkMerger(split))
+
+
+async def _alone(stream: Stream) -> AsyncIterator[Chunk]:
+    try:
+        async for chunk in stream.chunks():
+            yield chunk
+    finally:
+        with anyio.CancelScope(shield=True):
+            await stream.aclose()
 
 
 async def run_all(calls: list[Awaitable[T]], discard: Callable[[T], Awaitable[Any]] | None = None) -> list[T]:
@@ -104,10 +116,10 @@ async def _merged(streams: list[Stream], merger: ChunkMerger) -> AsyncIterator[d
                 running -= 1
             elif isinstance(item, BaseException):
                 raise item
-            elif (chunk := merger.chunk(position, item)) is not None:
-                yield chunk
+            elif (chunk := merger.chunk(position, item.data)) is not None:
+                yield Chunk.of(chunk)
         if (usage := merger.final_usage_chunk()) is not None:
-            yield usage
+            yield Chunk.of(usage)
     finally:  # shielded: the server's (anyio) cancellation would cut the clean-up at its first await
         with anyio.CancelScope(shield=True):
             for task in pumps:

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
+import aiohttp
 
 from core.errors import NoNodeAvailable, UpstreamError
 from core.messages import RequestTiming
@@ -40,7 +40,7 @@ class Prefilled:
 
 
 class PrefillStep:
-    def __init__(self, config: RouterConfig, registry: NodeRegistry, client: httpx.AsyncClient,
+    def __init__(self, config: RouterConfig, registry: NodeRegistry, client: aiohttp.ClientSession,
                  metrics: RouterMetrics) -> None:
         self.config, self.registry, self.client, self.metrics = config, registry, client, metrics
 

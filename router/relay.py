@@ -1,6 +1,7 @@
 """Writing a streamed answer to the client as SSE: one `data:` event per chunk, then exactly one `[DONE]`.
 
-The chunks are parsed dicts (router.fanout's merged stream of the decode nodes' chunks). A failure after
+The chunks are `router.chunk.Chunk`s (router.fanout's stream of the decode nodes' chunks), written as the
+node sent them unless the router changed them. A failure after
 streaming began (a node's connection breaks, it closes before `[DONE]`, sends an in-band error, or the
 request runs past its deadline) becomes an SSE `error` event in OpenAI's shape followed by `data: [DONE]`,
 never a silent cut. If the client goes away, the generator is cancelled or closed: its `finally` closes
@@ -15,17 +16,17 @@ import json
 import logging
 import time
 from contextlib import AsyncExitStack
-from typing import Any, AsyncIterator, Callable
+from typing import AsyncIterator, Callable
 
 import anyio
-import httpx
 from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from core.errors import DeadlineExceeded, DisaggError
 from core.messages import RequestTiming
+from router.chunk import Chunk
 from router.metrics import RouterMetrics
-from router.upstream import error_from_exception
+from router.upstream import CLIENT_ERRORS, error_from_exception
 
 log = logging.getLogger("router.requests")
 DONE = b"data: [DONE]\n\n"
@@ -34,12 +35,13 @@ DONE = b"data: [DONE]\n\n"
 class StreamRelay:
     """One streamed answer: `lines()` is the body of the client's StreamingResponse."""
 
-    def __init__(self, chunks: AsyncIterator[dict[str, Any]], scope: AsyncExitStack, timing: RequestTiming,
+    def __init__(self, chunks: AsyncIterator[Chunk], scope: AsyncExitStack, timing: RequestTiming,
                  deadline_s: float, metrics: RouterMetrics, finish: Callable[[RequestTiming, str], None]) -> None:
         self.chunks, self.scope, self.timing, self.deadline_s = chunks, scope, timing, deadline_s
         self.metrics, self.finish = metrics, finish
         self.started_s = time.monotonic()
         self._last_chunk_s: float | None = None
+        self._inter_token_s = metrics.inter_token_s.labels(timing.mode)
         self._closed = False
         self._completed_status: str | None = None  # set once [DONE] was relayed
 
@@ -51,11 +53,11 @@ class StreamRelay:
         try:
             while (chunk := await self._next_chunk()) is not None:
                 self._observe(chunk)
-                yield b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+                yield b"data: " + chunk.encoded() + b"\n\n"
             self._completed_status = "ok"  # complete, even if the client leaves right after reading [DONE]
             yield DONE
             status = "ok"
-        except (httpx.HTTPError, DisaggError) as exc:
+        except (*CLIENT_ERRORS, DisaggError) as exc:
             err = exc if isinstance(exc, DisaggError) else error_from_exception("decode", exc)
             status = "stream_error"
             self.metrics.failures.labels(err.code or err.error_type).inc()
@@ -80,7 +82,7 @@ class StreamRelay:
             await self.scope.aclose()
         self.finish(self.timing, status)
 
-    async def _next_chunk(self) -> dict[str, Any] | None:
+    async def _next_chunk(self) -> Chunk | None:
         try:
             async with asyncio.timeout_at(self.deadline_s):
                 return await anext(self.chunks, None)
@@ -88,15 +90,16 @@ class StreamRelay:
             raise DeadlineExceeded("the request ran past its deadline while streaming",
                                    code="request_timeout") from None
 
-    def _observe(self, chunk: dict[str, Any]) -> None:
+    def _observe(self, chunk: Chunk) -> None:
         """Note first token, inter-token gaps and usage from one chunk."""
         now_s = time.monotonic()
         if self.timing.ttft_s is None:
             self.timing.ttft_s = now_s - self.timing.started_s
         if self._last_chunk_s is not None:
-            self.metrics.inter_token_s.labels(self.timing.mode).observe(now_s - self._last_chunk_s)
+            self._inter_token_s.observe(now_s - self._last_chunk_s)
         self._last_chunk_s = now_s
-        note_usage(chunk, self.timing)
+        if chunk.mentions(b'"usage"'):
+            note_usage(chunk.data, self.timing)
 
 
 class _RelayResponse(StreamingResponse):

@@ -26,22 +26,22 @@ Local (`prefill=False`): the body goes to a decode node as it is (colocated mode
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from contextlib import AsyncExitStack
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
-import httpx
+import aiohttp
 
 from core.errors import ClientRelayedError, DisaggError, NoNodeAvailable, UpstreamError
 from core.messages import RequestTiming
 from router import continuation, protocol, splice
+from router.chunk import Chunk
 from router.config import RouterConfig
 from router.metrics import RouterMetrics
 from router.prefill import Prefilled, PrefillStep
 from router.registry import Node, NodeRegistry
-from router.upstream import NodeFailure, error_from_exception, open_stream, post_json
+from router.upstream import CLIENT_ERRORS, NodeFailure, error_from_exception, open_stream, post_json
 
 log = logging.getLogger("router.requests")
 RELEASE_TIMEOUT_S = 30.0
@@ -50,39 +50,52 @@ PREFILL_GRACE_S = 1.0  # how long a cancelled prefill may still answer, so that 
 
 class SubStream:
     """One opened decode stream: `chunks()` yields its parsed chunks once; `aclose()` closes the connection
-    (vLLM aborts a request whose connection closes)."""
+    (vLLM aborts a request whose connection closes).
 
-    def __init__(self, resp: httpx.Response, scope: AsyncExitStack, role: str = "decode",
-                 timing: RequestTiming | None = None, sent_s: float | None = None) -> None:
+    `on_abandon` runs when the stream is closed before its first chunk: vLLM's API server may have sent its
+    response headers without its engine having taken the request yet (the engine gets it when the response
+    body is first iterated), and a request the engine never saw never pulls, nor frees, the prefill node's
+    blocks. After a first chunk the engine has pulled them (or recomputed the prompt)."""
+
+    def __init__(self, resp: aiohttp.ClientResponse, scope: AsyncExitStack, role: str = "decode",
+                 timing: RequestTiming | None = None, sent_s: float | None = None,
+                 on_abandon: Callable[[], None] | None = None) -> None:
         self.resp, self.scope, self.role = resp, scope, role
         self.timing, self.sent_s = timing, sent_s  # notes the node's time to its first chunk
+        self.on_abandon, self.got_chunk = on_abandon, False
 
-    async def chunks(self) -> AsyncIterator[dict[str, Any]]:
+    async def chunks(self) -> AsyncIterator[Chunk]:
         try:
-            async for line in self.resp.aiter_lines():
-                if not line.startswith("data:"):
+            async for line in self.resp.content:
+                if not line.startswith(b"data:"):
                     continue  # blank separators, comments, event names
                 payload = line[5:].strip()
-                if payload == "[DONE]":
+                if payload == b"[DONE]":
                     return
-                chunk = json.loads(payload)
-                if isinstance(chunk, dict) and chunk.get("error"):
-                    raise _in_band_error(chunk["error"])
+                chunk = Chunk(bytes(payload))
+                if chunk.mentions(b'"error"') and chunk.data.get("error"):
+                    raise _in_band_error(chunk.data["error"])
                 self._note_first_chunk()
+                self.got_chunk = True
                 yield chunk
-        except httpx.HTTPError as exc:
+        except CLIENT_ERRORS as exc:
             raise error_from_exception(self.role, exc) from exc
-        except json.JSONDecodeError:
+        except ValueError:  # json.JSONDecodeError included
             raise UpstreamError(f"{self.role} node sent an SSE chunk that is not JSON",
                                 code=f"{self.role}_protocol") from None
         raise UpstreamError(f"{self.role} node closed the stream before [DONE]", code=f"{self.role}_stream_cut")
 
     async def aclose(self) -> None:
+        if not self.got_chunk and self.on_abandon is not None:
+            self.on_abandon()
+            self.on_abandon = None
         await self.scope.aclose()
 
     def _note_first_chunk(self) -> None:
         if self.timing is not None and self.sent_s is not None and self.timing.decode_ttft_s is None:
-            self.timing.decode_ttft_s = time.monotonic() - self.sent_s
+            now_s = time.monotonic()
+            self.timing.decode_ttft_s = now_s - self.sent_s
+            self.timing.decode_first_s = now_s - self.timing.started_s
         self.sent_s = None
 
 
@@ -97,9 +110,9 @@ class HeadStream:
     def __init__(self, head: list[dict[str, Any]]) -> None:
         self.head = head
 
-    async def chunks(self) -> AsyncIterator[dict[str, Any]]:
+    async def chunks(self) -> AsyncIterator[Chunk]:
         for chunk in self.head:
-            yield chunk
+            yield Chunk.of(chunk)
 
     async def aclose(self) -> None:
         return None
@@ -111,9 +124,9 @@ class ContinuedStream:
     def __init__(self, head: list[dict[str, Any]], rest: SubStream, splicer: splice.StreamSplicer) -> None:
         self.head, self.rest, self.splicer = head, rest, splicer
 
-    async def chunks(self) -> AsyncIterator[dict[str, Any]]:
+    async def chunks(self) -> AsyncIterator[Chunk]:
         for chunk in self.head:
-            yield chunk
+            yield Chunk.of(chunk)
         async for chunk in self.rest.chunks():
             if (spliced := self.splicer.chunk(chunk)) is not None:
                 yield spliced
@@ -123,7 +136,7 @@ class ContinuedStream:
 
 
 class SinglePath:
-    def __init__(self, config: RouterConfig, registry: NodeRegistry, client: httpx.AsyncClient,
+    def __init__(self, config: RouterConfig, registry: NodeRegistry, client: aiohttp.ClientSession,
                  metrics: RouterMetrics) -> None:
         self.config, self.registry, self.client, self.metrics = config, registry, client, metrics
         self.prefill = PrefillStep(config, registry, client, metrics)
@@ -247,7 +260,8 @@ class SinglePath:
         try:
             if stream:
                 resp = await scope.enter_async_context(open_stream(self.client, role, url, body, headers))
-                return SubStream(resp, scope, role, timing if role == "decode" else None, started_s)
+                return SubStream(resp, scope, role, timing if role == "decode" else None, started_s,
+                                 self._abandon_release(role, body, endpoint, headers))
             data = await post_json(self.client, role, url, body, headers)
             timing.decode_s = max(timing.decode_s or 0.0, time.monotonic() - started_s)
             await scope.aclose()
@@ -278,6 +292,14 @@ class SinglePath:
         except (DisaggError, TimeoutError) as exc:
             log.warning("request %s: could not release its prefilled KV blocks (%s); the prefill node's lease "
                         "frees them", headers.get("X-Request-Id"), getattr(exc, "message", exc))
+
+    def _abandon_release(self, role: str, body: dict[str, Any], endpoint: str,
+                         headers: dict[str, str]) -> Callable[[], None] | None:
+        """For a P/D decode stream: release its prefill blocks if it is closed before its first chunk."""
+        params = body.get("kv_transfer_params")
+        if role != "decode" or not isinstance(params, dict) or not params.get("do_remote_prefill"):
+            return None
+        return lambda: self._release_later(body, endpoint, params, headers)
 
     def _release_later(self, body: dict[str, Any], endpoint: str, params: dict[str, Any],
                        headers: dict[str, str]) -> None:

@@ -7,15 +7,17 @@ completion, not prompt, the prompt's token ids without it, completions' `text_of
 - `unary(first, answer, endpoint)`: one JSON body;
 - `head_chunks(first, endpoint, stream_options)`: the chunks a stream starts with, made from the prefill
   answer (chat: the role chunk, then the first token; completions: the first token);
-- `StreamSplicer.chunk(chunk)`: each decode chunk as the client gets it (None: dropped, e.g. chat's second
-  role chunk);
+- `StreamSplicer.chunk(chunk)`: each decode chunk (router.chunk.Chunk) as the client gets it (None: dropped,
+  e.g. chat's second role chunk);
 - `alone(first, endpoint, client_body)`: the prefill answer as the whole answer (the first token ended it).
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+from router.chunk import Chunk
 from router.continuation import FirstToken, _shift_usage
 
 
@@ -80,23 +82,35 @@ def head_chunks(first: FirstToken, endpoint: str, client_body: dict[str, Any]) -
 
 
 class StreamSplicer:
-    """Rewrites the decode node's chunks of one continued stream (see the module docstring)."""
+    """Rewrites the decode node's chunks of one continued stream (see the module docstring). Chunks that need
+    no change (most: a token's text) pass as the node sent them, unparsed (router.chunk)."""
 
     def __init__(self, first: FirstToken, endpoint: str) -> None:
         self.first, self.endpoint = first, endpoint
         self.offset = len(first.text)  # completions: text_offset shift
+        self.id = first.answer.get("id")
+        self._id_prefix = b'{"id":' + json.dumps(self.id).encode() + b"," if isinstance(self.id, str) else None
 
-    def chunk(self, chunk: dict[str, Any]) -> dict[str, Any] | None:
-        choices = chunk.get("choices") or []
+    def chunk(self, chunk: Chunk) -> Chunk | None:
+        if not self._needs_change(chunk):
+            return chunk
+        data = chunk.data
+        choices = data.get("choices") or []
         if self.endpoint == "chat" and choices and "role" in (choices[0].get("delta") or {}):
             return None  # its role chunk: the client had ours
-        out = {**chunk, "id": self.first.answer.get("id", chunk.get("id"))}
+        out = {**data, "id": self.id if self.id is not None else data.get("id")}
         out.pop("prompt_token_ids", None)  # chat's first chunk: "prompt + first token"; ours went first
-        if "usage" in chunk:
-            out["usage"] = _shift_usage(chunk["usage"])
+        if "usage" in data:
+            out["usage"] = _shift_usage(data["usage"])
         if choices:
             out["choices"] = [self._choice(c) for c in choices]
-        return out
+        return Chunk.of(out)
+
+    def _needs_change(self, chunk: Chunk) -> bool:
+        """Whether the chunk carries anything to rewrite (its id, usage, the role, prompt ids, text offsets)."""
+        if chunk.raw is None or self._id_prefix is None or not chunk.raw.startswith(self._id_prefix):
+            return True  # made here, or another id than the prefill answer's (vLLM's ids follow X-Request-Id)
+        return any(key in chunk.raw for key in (b'"usage"', b'"role"', b'"prompt_token_ids"', b'"text_offset"'))
 
     def _choice(self, choice: dict[str, Any]) -> dict[str, Any]:
         choice = {key: value for key, value in choice.items() if key != "prompt_token_ids"}

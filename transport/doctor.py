@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from core.host import Platform, detect_platform, usable_cores
+from node.kv_cache_dtype import fp8_kv_cache_support
 from transport import facts, registry
 from transport.base import LinkFacts, Transport
 
@@ -109,6 +110,7 @@ def probe_platform(platform: Platform, peer_host: str) -> dict[str, Any]:
         "unified_memory": platform.unified_memory, "gpudirect_rdma": platform.gpudirect_rdma,
         "rdma_devices": list(platform.rdma_devices), "peer": peer_host, "peer_is_local": peer_is_local,
         "kv_buffer_device": device, "kv_buffer_reason": reason}
+    info["fp8_kv_cache"], info["fp8_kv_cache_reason"] = fp8_kv_cache_support(platform)  # --kv-cache-dtype fp8
     other, other_reason = platform.kv_buffer_device(not peer_is_local)
     if other != device:
         info["kv_buffer_note"] = f"with a {'remote' if peer_is_local else 'local'} peer: {other} ({other_reason})"

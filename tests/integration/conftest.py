@@ -44,3 +44,23 @@ def cluster(clusters: ClusterManager) -> Cluster:
 @pytest.fixture()
 def tcp_cluster(clusters: ClusterManager) -> Cluster:
     return clusters.get("tcp")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Integration tests that share a session cluster run together: the nixl cluster's, then the tcp
+    cluster's, then those that stop it and start their own. Each switch of the session's cluster costs about a
+    minute on a 2-core box; otherwise the order is the files' own."""
+    positions = [i for i, item in enumerate(items) if "integration" in item.keywords]
+    ordered = sorted((items[i] for i in positions), key=_cluster_group)
+    for position, item in zip(positions, ordered):
+        items[position] = item
+
+
+def _cluster_group(item: pytest.Item) -> int:
+    names = set(getattr(item, "fixturenames", ()))
+    param = getattr(getattr(item, "callspec", None), "params", {}).get("any_cluster")
+    if "cluster" in names or param == "nixl":
+        return 0
+    if "tcp_cluster" in names or param == "tcp":
+        return 1
+    return 2

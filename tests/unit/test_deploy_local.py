@@ -51,7 +51,7 @@ def test_disagg_plan_starts_nodes_then_routers(model_dir):
     assert value(baseline.args, "--mode") == "colocated" and "--prefill" not in baseline.args
     assert (prefill.settings.port, prefill.settings.info_port, prefill.settings.kv_port) == (8100, 8101, 5601)
     assert (decode.settings.port, decode.settings.info_port, decode.settings.kv_port) == (8200, 8201, 5602)
-    assert prefill.settings.transport == "nixl" and prefill.settings.model == str(model_dir)
+    assert prefill.settings.transport == "auto" and prefill.settings.model == str(model_dir)
 
 
 def test_ports_and_engine_options_reach_the_nodes(model_dir):

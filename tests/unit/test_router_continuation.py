@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from router import continuation, splice
+from router.chunk import Chunk
 from tests.support.stub_cluster import stub_cluster, wait_for
 from tests.support.stub_vllm import tokenize
 
@@ -150,8 +151,10 @@ def test_completion_logprobs_and_offsets_are_spliced_as_one_answer():
     assert choice["logprobs"]["text_offset"] == [0, 2, 4] and choice["logprobs"]["tokens"] == [" a", " b", "c"]
     assert whole["usage"] == {"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5}
     splicer = splice.StreamSplicer(first, "completions")
-    chunk = splicer.chunk({"id": "y", "choices": [{"text": " b", "logprobs": {"text_offset": [0]}}]})
-    assert chunk["id"] == "x" and chunk["choices"][0]["logprobs"]["text_offset"] == [2]
+    chunk = splicer.chunk(Chunk(b'{"id":"y","choices":[{"text":" b","logprobs":{"text_offset":[0]}}]}'))
+    assert chunk.data["id"] == "x" and chunk.data["choices"][0]["logprobs"]["text_offset"] == [2]
+    plain = Chunk(b'{"id":"x","choices":[{"text":" c"}]}')
+    assert splicer.chunk(plain) is plain and plain._data is None  # nothing to change: passed on unparsed
 
 
 def test_a_first_token_that_cannot_be_split_off_is_not_continued():

@@ -167,3 +167,18 @@ def test_a_part_whose_prefill_answers_just_after_its_cancellation_still_has_its_
         assert httpx.post(c.url + "/v1/completions", json=body, timeout=10).status_code == 502
         assert wait_for(lambda: len(c.decodes[0].released) == 1), "the late prefill's KV was not released"
         assert not [call for call in c.decodes[0].calls if call.get("kv_transfer_params")]  # nothing decoded
+
+
+def test_a_stream_closed_before_the_decode_nodes_first_chunk_releases_the_prefilled_kv():
+    """vLLM's API server sends a stream's headers before its engine takes the request: a stream the router
+    closes then (the client left) was never seen by the engine, so nobody else frees the prefill's blocks."""
+    with stub_cluster() as c:
+        decode = c.decodes[0]
+        decode.first_chunk_delay_s = 5.0
+        body = {**CHAT, "max_tokens": 8, "temperature": 0, "stream": True}
+        with httpx.stream("POST", c.url + "/v1/chat/completions", json=body, timeout=10) as resp:
+            assert resp.status_code == 200
+            next(resp.iter_lines())  # the prefill node's first token reaches the client; then it leaves
+        assert wait_for(lambda: decode.aborted == 1), "the decode stream was not closed"
+        assert wait_for(lambda: len(decode.released) == 1), "the prefilled KV was not released"
+        assert decode.released[0]["do_remote_prefill"]

@@ -150,6 +150,8 @@ def test_platform_section_says_what_decides_the_kv_buffer_device(fast_vllm, monk
     section = report["platform"]
     assert section["status"] == "ok" and section["kv_buffer_device"] == device
     assert decided_by in section["kv_buffer_reason"]
+    assert section["fp8_kv_cache"] is True or not simulated.cuda  # a CPU host: its own CPU flags decide
+    assert ("CUDA host" in section["fp8_kv_cache_reason"]) is simulated.cuda
     assert (section["cuda"], section["unified_memory"], section["gpudirect_rdma"], section["device_name"]) == (
         simulated.cuda, simulated.unified_memory, simulated.gpudirect_rdma, simulated.device_name)
     assert report["cuda"]["driver_present"] is simulated.cuda

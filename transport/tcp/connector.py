@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from vllm.distributed.kv_transfer.kv_connector.factory import KVConnectorFactory
 from vllm.distributed.kv_transfer.kv_connector.v1.base import (
     KVConnectorBase_V1,
     KVConnectorMetadata,
@@ -188,3 +189,9 @@ def _route_logs_through_vllm() -> None:
         ours.addHandler(handler)
     ours.setLevel(theirs.level)
     ours.propagate = False
+
+
+# Registered by name on import: inside a MultiConnector (a prefill node with a KV tier, transport/kv_tier), the
+# API server rebuilds each child's stats by registered name, and an unregistered child fails every request.
+if "DisaggTcpConnector" not in KVConnectorFactory._registry:
+    KVConnectorFactory.register_connector("DisaggTcpConnector", __name__, "DisaggTcpConnector")
