@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 
 from bench.datasets import Prompt
-from bench.metrics import CANCELLED, RequestResult, parse_server_timing
+from bench.metrics import CANCELLED, RequestResult, parse_server_timing, server_timing_kv_bytes
 
 COMPLETIONS = "/v1/completions"
 CHAT_COMPLETIONS = "/v1/chat/completions"
@@ -38,6 +38,7 @@ class _StreamState:
     usage_output_tokens: int | None = None
     usage_prompt_tokens: int | None = None
     server_timing_ms: dict[str, float] = field(default_factory=dict)
+    kv_bytes: int | None = None
 
 
 def build_payload(endpoint: str, model: str, prompt: Prompt, *, ignore_eos: bool = False,
@@ -109,13 +110,15 @@ def _result(state: _StreamState, start_s: float, run_start_s: float, kind: str |
     return RequestResult(
         ok=kind is None, start_s=start_s - run_start_s, e2e_s=time.perf_counter() - start_s,
         chunk_offsets_s=offsets, output_tokens=output_tokens, prompt_tokens=state.usage_prompt_tokens,
-        error_kind=kind, error_message=message[:500], server_timing_ms=state.server_timing_ms)
+        error_kind=kind, error_message=message[:500], server_timing_ms=state.server_timing_ms,
+        kv_bytes=state.kv_bytes)
 
 
 async def _read_stream(client: httpx.AsyncClient, url: str, payload: dict[str, Any], state: _StreamState,
                        start_s: float) -> None:
     async with client.stream("POST", url, json=payload) as response:
         state.server_timing_ms.update(parse_server_timing(response.headers.get_list("server-timing")))
+        state.kv_bytes = server_timing_kv_bytes(response.headers.get_list("server-timing"))
         if response.status_code != 200:
             body = (await response.aread()).decode("utf-8", errors="replace")
             raise StreamFailure(f"http_{response.status_code}", _error_message(body))

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from bench import compare, datasets, kv_size, linkspeed, local_cluster, plots, report
+from bench import compare, datasets, kv_size, linkspeed, load_cli, local_cluster, plots, report
 from bench.argtypes import non_negative_int, positive_float, positive_int
 from bench.client import EndpointError
 from bench.compare import COLOCATED, CompareSettings, Target
@@ -79,6 +79,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="with --local: cluster logs (default: OUT_DIR/logs/TRANSPORT)")
     out.add_argument("--ready-timeout-s", type=positive_float, default=600.0, metavar="SECONDS",
                      help="with --local: give up if a cluster is not healthy after this (default: 600)")
+    load_cli.add_arguments(parser)  # --load: a request-rate sweep (bench/load_cli.py)
 
 
 def _add_workload_arguments(work: argparse._ArgumentGroup) -> None:
@@ -277,6 +278,12 @@ def run(args: argparse.Namespace) -> int:
     if args.local and (args.colocated_url or args.disagg_url):
         print("disagg bench compare: error: --local and given URLs exclude each other", file=sys.stderr)
         return 2
+    if args.load:
+        if args.colocated_url or args.disagg_url:
+            print("disagg bench compare --load: error: name endpoints with --setup-url NAME=URL", file=sys.stderr)
+            return 2
+        with _sigterm_as_interrupt():
+            return load_cli.run(args)
     seed = args.seed if args.seed is not None else random.randrange(1_000_000)
     try:
         tokenizer = datasets.load_tokenizer(str(args.tokenizer or args.model_dir))

@@ -18,6 +18,7 @@ from typing import Any, Mapping, Sequence
 
 GOODPUT_KEYS = ("ttft_ms", "tpot_ms", "e2e_ms")
 CANCELLED = "cancelled"  # error_kind of requests cut off by --max-duration-s; not a server failure
+_KV_DESC = re.compile(r'(?:^|,)\s*kv\s*;[^,]*?desc="?\s*(\d+)\s*bytes', re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class RequestResult:
     error_kind: str | None = None
     error_message: str = ""
     server_timing_ms: Mapping[str, float] = field(default_factory=dict)
+    kv_bytes: int | None = None  # the router's Server-Timing `kv;desc="N bytes"` (disaggregated requests)
 
     @property
     def ttft_s(self) -> float | None:
@@ -56,6 +58,7 @@ class RequestResult:
             "start_s": round(self.start_s, 6), "e2e_ms": _ms(self.e2e_s), "ttft_ms": _ms(self.ttft_s),
             "tpot_ms": _ms(self.tpot_s), "output_tokens": self.output_tokens,
             "prompt_tokens": self.prompt_tokens, "server_timing_ms": dict(self.server_timing_ms),
+            "kv_bytes": self.kv_bytes,
         }
 
 
@@ -106,6 +109,15 @@ def parse_server_timing(header_values: Sequence[str]) -> dict[str, float]:
                         pass
                     break
     return timings
+
+
+def server_timing_kv_bytes(header_values: Sequence[str]) -> int | None:
+    """The router's `kv;desc="N bytes"` Server-Timing entry, or None."""
+    for header in header_values:
+        match = _KV_DESC.search(header)
+        if match:
+            return int(match.group(1))
+    return None
 
 
 def _split_outside_quotes(text: str, separator: str) -> list[str]:

@@ -28,8 +28,10 @@ chat streams start with a role chunk. `STOPFIRST` in a prompt makes the first ge
 sequence (empty text, finish reason "stop").
 
 Per stub, tests can also set on its `StubState`: `fail_status` (answer every generation request with
-that HTTP status), `info` (a NodeInfo to serve at /info), `hold` (keep requests waiting until it is cleared), `token_delay_s` (a pause
-between streamed tokens) and `first_chunk_delay_s` (a pause between a stream's headers and its first chunk); and read `active` (requests in progress), `aborted` (requests whose client
+that HTTP status), `info` (a NodeInfo to serve at /info), `hold` (keep requests waiting until it is cleared),
+`token_delay_s` (a pause between streamed tokens), `first_chunk_delay_s` (a pause between a stream's headers
+and its first chunk) and `metrics` (vLLM's load gauges and counters served at /metrics, e.g.
+`vllm:num_requests_waiting`); and read `active` (requests in progress), `aborted` (requests whose client
 went away before the answer was complete) and `calls`. A body vLLM would reject gets a 400, as vLLM does.
 """
 
@@ -43,7 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.requests import ClientDisconnect
 
 WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"]
@@ -67,6 +69,7 @@ class StubState:
     aborted: int = 0
     info: dict[str, Any] | None = None  # served at /info (a disagg node supervisor's NodeInfo); None: 404
     kv_event_sources: dict[str, Any] = field(default_factory=dict)  # vLLM's /kv_event_sources ({}: no events)
+    metrics: dict[str, float] | None = None  # served at /metrics as vLLM's gauges and counters; None: 404
 
 
 EOS = len(WORDS)  # the end-of-sequence token: no text
@@ -153,6 +156,13 @@ def create_stub(role: str, engine_id: str = "stub-engine") -> tuple[FastAPI, Stu
     @app.get("/kv_event_sources")
     async def kv_event_sources() -> dict:
         return state.kv_event_sources
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        if state.metrics is None:
+            return Response(status_code=404)
+        lines = [f'{name}{{engine="0",model_name="stub-model"}} {value}' for name, value in state.metrics.items()]
+        return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 
     @app.get("/v1/models")
     async def models() -> dict:

@@ -51,6 +51,10 @@ class RequestTiming(BaseModel):
     decode_s: float | None = None
     total_s: float | None = None
     kv_bytes: int | None = None
+    decision: str | None = None  # disagg mode: remote or local prefill (router.decider)
+    decision_reason: str | None = None
+    decision_local_cost_s: float | None = None  # the cost model's two sides, for a conditional decision
+    decision_remote_cost_s: float | None = None
     status: str = "running"
     # monotonic clock of this process when the request arrived; not part of any message
     started_s: float = Field(default_factory=time.monotonic, exclude=True)

@@ -100,8 +100,9 @@ def up(cluster: Cluster) -> list[Component]:
 
 
 def wait_healthy(cluster: Cluster, timeout_s: float) -> None:
-    """Poll every component's health URL until all answer 200, showing progress; ClusterFailed as soon as
-    one has exited (asked of its host) or when `timeout_s` has passed."""
+    """Poll every component's health URL until all answer 200 (a router: once it sees every node of its own
+    healthy, so the first requests can go to any of them), showing progress; ClusterFailed as soon as one has
+    exited (asked of its host) or when `timeout_s` has passed."""
     progress = StartupProgress()
     started_s = last_liveness_s = time.monotonic()
     interval_s = LIVENESS_INTERVAL_S[all(host.is_local for host in cluster.hosts.values())]
@@ -109,7 +110,8 @@ def wait_healthy(cluster: Cluster, timeout_s: float) -> None:
     try:
         with httpx.Client(timeout=2.0) as client:
             while len(ready) < len(cluster.components):
-                ready |= {c.name for c in cluster.components if c.name not in ready and _healthy(client, c.health_url)}
+                ready |= {c.name for c in cluster.components if c.name not in ready
+                          and _healthy(client, c.health_url, every_node=True)}
                 elapsed_s = time.monotonic() - started_s
                 progress(list(cluster.components), ready, elapsed_s)
                 if len(ready) == len(cluster.components):
@@ -128,11 +130,21 @@ def wait_healthy(cluster: Cluster, timeout_s: float) -> None:
     log.info("cluster %r healthy in %.1f s", cluster.spec.name, time.monotonic() - started_s)
 
 
-def _healthy(client: httpx.Client, url: str) -> bool:
+def _healthy(client: httpx.Client, url: str, every_node: bool = False) -> bool:
+    """200 from `url`; with `every_node`, also every node a router's /health lists is healthy (the router
+    checks its nodes every few seconds: a node just ready may not be in its view yet)."""
     try:
-        return client.get(url).status_code == 200
+        resp = client.get(url)
     except httpx.HTTPError:
         return False
+    if resp.status_code != 200 or not every_node:
+        return resp.status_code == 200
+    try:
+        body = resp.json()
+    except ValueError:  # not a router: its 200 is enough
+        return True
+    nodes = body.get("nodes") if isinstance(body, dict) else None
+    return not isinstance(nodes, list) or all(isinstance(n, dict) and n.get("healthy") for n in nodes)
 
 
 def exited(cluster: Cluster, components: list[Component] | tuple[Component, ...]) -> list[Component]:

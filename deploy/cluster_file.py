@@ -12,8 +12,9 @@
                 binds; default: kv_address), ssh_address, ssh_user, ssh_port, local (run here, without ssh),
                 disagg (its path there), env = {UCX_NET_DEVICES = "..."}
     [prefill]   host, port, info_port, kv_port, cpu_cores      (and [decode], the same)
-    [router]    host ("local": the machine running `disagg up`), bind, port, baseline_port, prefill_policy,
-                decode_policy (router.policies; prefix_aware needs kv_events = true in [engine])
+    [router]    host ("local": the machine running `disagg up`), bind, port, baseline_port, prefill_policy and
+                decode_policy (router.policies: round_robin, load_aware, prefix_aware; prefix_aware needs
+                kv_events = true in [engine]), disagg_policy (router.decider: always, never, conditional)
     [engine]    the fields of node.settings.EngineSettings: max_model_len, dtype, prefix_caching,
                 kv_buffer_device, kv_cache_gib, kv_lease_s, kv_transfer_timeout_s, restart_on_crash, vllm_args
                 (kv_tier*: the KV tier, which [kv_tier] says better; give it in one place)
@@ -37,7 +38,7 @@ import re
 import tomllib
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -163,17 +164,25 @@ class RouterSpec(_Strict):
     bind: str | None = None  # default: the host's address (127.0.0.1 for local)
     port: int = Field(default=ROUTER_PORT, ge=1, le=65535)
     baseline_port: int | None = Field(default=None, ge=1, le=65535)  # a colocated router on the decode nodes
-    prefill_policy: str = "round_robin"  # router.policies: round_robin, prefix_aware, ...
-    decode_policy: str = "round_robin"
+    prefill_policy: str | None = None  # router.policies; None: the router's default
+    decode_policy: str | None = None  # also the baseline router's
+    disagg_policy: Literal["always", "never", "conditional"] | None = None  # router.decider
 
     _bind = field_validator("bind")(_check_address)
 
     @field_validator("prefill_policy", "decode_policy")
     @classmethod
-    def _known_policy(cls, name: str) -> str:
-        if name not in policies.names():
+    def _known_policy(cls, name: str | None) -> str | None:
+        if name is not None and name not in policies.names():
             raise ValueError(f"unknown routing policy {name!r}; known: {', '.join(policies.names())}")
         return name
+
+    def policy_args(self, mode: str) -> tuple[str, ...]:
+        """The routing flags of a router in `mode` (the decode policy only, for a colocated one)."""
+        chosen = {"--decode-policy": self.decode_policy}
+        if mode == "disagg":
+            chosen |= {"--prefill-policy": self.prefill_policy, "--disagg-policy": self.disagg_policy}
+        return tuple(part for flag, value in chosen.items() if value is not None for part in (flag, value))
 
     @property
     def ports(self) -> tuple[int, ...]:

@@ -62,7 +62,7 @@ def plan(spec: ClusterSpec) -> list[Component]:
     for component, (_, role, node) in zip(nodes, spec.nodes()):
         urls[role] += [f"--{role}", f"http://{_url_host(component.address)}:{node.info_port}"]
     routers = [_router(spec, "router", spec.router.port, spec.mode,
-                       (*urls["prefill"], *urls["decode"], *_policy_args(spec)))]
+                       (*urls["prefill"], *urls["decode"]))]
     if spec.router.baseline_port is not None:
         routers.append(_router(spec, "baseline", spec.router.baseline_port, "colocated", tuple(urls["decode"])))
     return [*tier, *nodes, *routers]
@@ -94,16 +94,8 @@ def _router(spec: ClusterSpec, name: str, port: int, mode: str, node_urls: tuple
     field_name = "router.port" if name == "router" else "router.baseline_port"
     return Component(name=name, role=name, host=spec.router.host, address=_router_reach(spec),
                      binds=((bind, port, field_name),), health_port=port,
-                     args=("router", "--mode", mode, *node_urls, "--host", bind, "--port", str(port), *token))
-
-
-def _policy_args(spec: ClusterSpec) -> tuple[str, ...]:
-    """The router's routing policies other than the default, as its flags."""
-    args: tuple[str, ...] = ()
-    for role, name in (("prefill", spec.router.prefill_policy), ("decode", spec.router.decode_policy)):
-        if name != "round_robin":
-            args += (f"--{role}-policy", name)
-    return args
+                     args=("router", "--mode", mode, *node_urls, "--host", bind, "--port", str(port), *token,
+                           *spec.router.policy_args(mode)))
 
 
 def router_address(spec: ClusterSpec) -> str:

@@ -3,11 +3,13 @@
 `LocalOptions` are `up --local`'s options (its flags follow from the fields, `core.settings_flags`; the
 engine's from `node.settings.EngineSettings`, so a new engine setting is an `up --local` flag too).
 `spec(options, token_file)` is the cluster they describe: one host (`localhost`: this machine, 127.0.0.1,
-`options.env` for its vLLM servers), a prefill node, a decode node and the router (and a colocated baseline
-router with `baseline_port`); colocated, one decode node without a KV transport and a colocated router.
+`options.env` for its vLLM servers), `prefill_nodes` prefill nodes, `decode_nodes` decode nodes and the router
+(and a colocated baseline router over the decode nodes with `baseline_port`); colocated, `decode_nodes`
+replicas without a KV transport and a colocated router over them. Node i of a role listens on the role's
+vLLM port + 2i and its /info on the next port; KV ports are `kv_port_base` + i for prefill node i, then one
+per decode node (with one node per role: the prefill node's + 1). CPU cores: see `cores_per_node`.
 With `--kv-tier redis|disk` (the engine's tier settings) the spec has a `[kv_tier]`: a redis tier without
 `--kv-tier-url` is a Redis server on 127.0.0.1:`kv_tier_port` (health on the next port) started first.
-A node's /info port is its vLLM port + 1; the decode node's KV port is the prefill node's + 1.
 
 `running(options, token)` starts that cluster attached (its processes die with this one), with the token
 in a mode-600 `cluster-token` file in the run folder, waits until it is healthy, yields the
@@ -27,12 +29,14 @@ from typing import Iterator, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from core import model
+from core.host import usable_cores
 from core.settings_flags import describe_validation_error
 from decode_node.role import ROLE as DECODE
 from deploy import cluster_file, signals
 from deploy.cluster import Cluster, stop, up
 from node.settings import DEFAULT_TRANSPORT, EngineSettings
 from prefill_node.role import ROLE as PREFILL
+from router import policies
 from transport import registry
 
 log = logging.getLogger(__name__)
@@ -68,6 +72,19 @@ class LocalOptions(BaseModel):
                          description="where each process writes its log and pid file (and the run's cluster "
                          "token, while it runs)")
     ready_timeout_s: float = Field(600.0, gt=0, description="give up starting after this")
+    prefill_nodes: int = Field(1, ge=1, le=64, description="disagg: prefill nodes (vLLM ports --prefill-port, +2, ...)")
+    decode_nodes: int = Field(1, ge=1, le=64, description="decode nodes; colocated: replicas behind the router (vLLM "
+                              "ports --decode-port, +2, ...)")
+    cores_per_node: int = Field(1, ge=1, le=4096, description="CPU hosts: cores per vLLM server; with several nodes "
+                                "of a role or several cores, each node gets its own block of consecutive cores, "
+                                "prefill nodes first, wrapping around the host's cores (one node per role and one "
+                                "core: the role's core)")
+    prefill_policy: str | None = Field(None, json_schema_extra={"choices": policies.names},
+                                       description="the router's prefill node policy (router.policies)")
+    decode_policy: str | None = Field(None, json_schema_extra={"choices": policies.names},
+                                      description="the routers' decode node policy (router.policies)")
+    disagg_policy: Literal["always", "never", "conditional"] | None = Field(
+        None, description="the router's conditional disaggregation (router/decider.py)")
     kv_tier_port: int = Field(6390, **_PORT, description="--kv-tier redis: the Redis server's port; its /health "
                               "and /metrics are on the next port")
     engine: EngineSettings = Field(default_factory=EngineSettings, json_schema_extra={"flag": None})
@@ -91,19 +108,23 @@ class LocalOptions(BaseModel):
 def spec(options: LocalOptions, token_file: Path | None = None) -> cluster_file.ClusterSpec:
     """The one-host cluster `options` describe (the model resolved: the default one converted on first use);
     ConfigError names what is wrong."""
-    node = {"host": LOCAL_HOST}
-    decode = {**node, "port": options.decode_port, "info_port": options.decode_port + 1,
-              "kv_port": options.kv_port_base + 1}
     disagg = options.mode == "disagg"
+    num_prefill = options.prefill_nodes if disagg else 0
+    cores = _node_cores(num_prefill, options.decode_nodes, options.cores_per_node)
+    prefill = [_node(options.prefill_port + 2 * i, options.kv_port_base + i, cores[i]) for i in range(num_prefill)]
+    decode = [_node(options.decode_port + 2 * j, options.kv_port_base + max(num_prefill, 1) + j, cores[num_prefill + j])
+              for j in range(options.decode_nodes)]
+    routing = {"prefill_policy": options.prefill_policy, "decode_policy": options.decode_policy,
+               "disagg_policy": options.disagg_policy}
     data = {"name": "local", "model": str(model.resolve_model(options.model)), "transport": options.transport,
             "run_dir": str(run_dir_of(options)), "ready_timeout_s": options.ready_timeout_s,
             "hosts": {LOCAL_HOST: {"address": "127.0.0.1", "local": True, "env": dict(options.env)}},
             "decode": decode, "engine": _without_tier(options.engine),
             "router": {"host": LOCAL_HOST, "port": options.port,
-                       "baseline_port": options.baseline_port if disagg else None}}
-    if disagg:
-        data["prefill"] = {**node, "port": options.prefill_port, "info_port": options.prefill_port + 1,
-                           "kv_port": options.kv_port_base}
+                       "baseline_port": options.baseline_port if disagg else None,
+                       **{key: value for key, value in routing.items() if value is not None}}}
+    if prefill:
+        data["prefill"] = prefill
     if token_file is not None:
         data["token_file"] = str(token_file)
     if options.engine.kv_tier != "none":
@@ -111,6 +132,23 @@ def spec(options: LocalOptions, token_file: Path | None = None) -> cluster_file.
     return cluster_file.validate(data, "up --local: ")
 
 
+def _node(port: int, kv_port: int, cpu_cores: str | None) -> dict[str, object]:
+    node = {"host": LOCAL_HOST, "port": port, "info_port": port + 1, "kv_port": kv_port}
+    return node if cpu_cores is None else {**node, "cpu_cores": cpu_cores}
+
+
+def _node_cores(num_prefill: int, num_decode: int, per_node: int) -> list[str | None]:
+    """Each node's cores, prefill nodes first: None (the role's default core) for one node per role with one
+    core each; otherwise consecutive blocks of `per_node` of this host's usable cores, wrapping around (a
+    warning when nodes then share cores)."""
+    count = num_prefill + num_decode
+    if num_prefill <= 1 and num_decode == 1 and per_node == 1:
+        return [None] * count
+    usable = usable_cores()
+    if count * per_node > len(usable):
+        log.warning("%d nodes x %d cores > the %d usable cores: nodes share cores", count, per_node, len(usable))
+    blocks = [[usable[(k * per_node + i) % len(usable)] for i in range(per_node)] for k in range(count)]
+    return [",".join(str(core) for core in sorted(set(block))) for block in blocks]
 def _kv_tier(options: LocalOptions) -> dict:
     """The `[kv_tier]` table of the engine's tier settings (`--kv-tier ...`)."""
     engine = options.engine

@@ -24,6 +24,7 @@ from router.auth import require_api_key
 from router.body import read_body
 from router.config import RouterConfig
 from router.dispatch import Call, Dispatcher
+from router.load import LoadMonitor
 from router.metrics import RouterMetrics
 from router.prefix_routing import PrefixRouting
 from router.registry import NodeRegistry
@@ -37,7 +38,7 @@ def create_app(config: RouterConfig) -> FastAPI:
     registry = NodeRegistry.from_urls(config.prefill_urls, config.decode_urls)
     metrics = RouterMetrics()
     prefix = PrefixRouting.create(config.prefix, config.policy_names, registry, metrics.registry)
-    registry.policies = {role: policies.create(name, policies.PolicyContext(role, registry.in_flight, prefix))
+    registry.policies = {role: policies.create(name, policies.PolicyContext(role, registry.loads, prefix))
                          for role, name in config.policy_names.items()}
 
     @contextlib.asynccontextmanager
@@ -47,15 +48,19 @@ def create_app(config: RouterConfig) -> FastAPI:
                 httpx.AsyncClient(timeout=httpx.Timeout(5.0), headers=headers) as health_client:
             app.state.dispatcher = Dispatcher(config, registry, client, metrics)
             await registry.check_all(health_client)
-            task = asyncio.create_task(registry.run_health_loop(health_client, config.health_interval_s))
+            tasks = [asyncio.create_task(registry.run_health_loop(health_client, config.health_interval_s))]
+            if config.needs_load:  # router.load: the nodes' vLLM metrics, for load-aware routing and the decider
+                monitor = LoadMonitor(registry.nodes)
+                tasks.append(asyncio.create_task(monitor.run(health_client, config.load_interval_s)))
             if prefix is not None:  # the nodes' KV events, and a tokenizer (router.prefix_routing)
                 await prefix.start(health_client, config.health_interval_s)
             try:
                 yield
             finally:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                for task in tasks:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
                 if prefix is not None:
                     await prefix.stop()
 

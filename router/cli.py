@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 
 from core.cluster_token import CLUSTER_TOKEN_ENV, read_token
-from router import policies
-from router.config import PREFIX_MAX_BLOCKS_PER_NODE, PrefixSettings, RouterConfig
+from router import routing_cli
+from router.config import RouterConfig
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -40,28 +40,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--health-interval-s", type=float, default=2.0,
                    help="seconds between node health checks (default: 2)")
     _add_limit_options(p)
-    _add_policy_options(p.add_argument_group("routing policies"))
+    routing_cli.add_options(p)
     p.set_defaults(func=run)
-
-
-def _add_policy_options(p: argparse._ArgumentGroup) -> None:
-    known = ", ".join(policies.names())
-    p.add_argument("--prefill-policy", default="round_robin", choices=policies.names(), metavar="NAME",
-                   help=f"how a prefill node is chosen ({known}; default: round_robin). prefix_aware: the node "
-                        "whose prefix cache holds the longest prefix of the prompt, weighed against its load; the "
-                        "nodes must publish KV events (disagg prefill/decode --kv-events)")
-    p.add_argument("--decode-policy", default="round_robin", choices=policies.names(), metavar="NAME",
-                   help="how a decode node is chosen, also the node of a colocated request (default: round_robin)")
-    p.add_argument("--tokenizer", metavar="MODEL_DIR",
-                   help="prefix_aware: a local model folder with tokenizer.json (and its chat template), to "
-                        "tokenize prompts with (default: fetched from a disagg node; without one, requests "
-                        "are placed by load alone)")
-    p.add_argument("--prefix-load-weight", type=float, default=1.0, metavar="W",
-                   help="prefix_aware: what one request in flight on a node costs, in typical requests' "
-                        "prefill work: cost = uncached prompt tokens + W x in-flight x mean uncached tokens "
-                        "(default: 1; 0 ignores load)")
-    p.add_argument("--prefix-index-max-blocks", type=int, default=PREFIX_MAX_BLOCKS_PER_NODE, metavar="N",
-                   help=f"prefix_aware: block hashes remembered per node (default: {PREFIX_MAX_BLOCKS_PER_NODE})")
 
 
 def _add_limit_options(p: argparse.ArgumentParser) -> None:
@@ -100,10 +80,7 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
         colocated_fallback=args.colocated_fallback,
         api_key=args.api_key or None,
         cluster_token=read_token(args.cluster_token_file),
-        prefill_policy=args.prefill_policy,
-        decode_policy=args.decode_policy,
-        prefix=PrefixSettings(tokenizer=args.tokenizer, load_weight=args.prefix_load_weight,
-                              max_blocks_per_node=args.prefix_index_max_blocks),
+        **routing_cli.config_values(args),
     )
 
 

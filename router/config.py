@@ -7,7 +7,9 @@ from typing import Literal
 from urllib.parse import urlparse
 
 from core.errors import ConfigError
+from router import load as _registers_load_aware  # noqa: F401
 from router import policies
+from router.decider import DeciderSettings
 
 Mode = Literal["disagg", "colocated"]
 PREFIX_MAX_BLOCKS_PER_NODE = 262_144  # ~25 MB of prefix index per node; 8x the blocks of an 80 GB GPU's cache
@@ -47,8 +49,10 @@ class RouterConfig:
     `request_timeout_s` from arrival to its last byte (else 504); bodies over `max_body_bytes` get 413.
     `colocated_fallback`: when no prefill node can serve, the decode node prefills itself.
     `cluster_token`: the nodes' shared secret, sent as a bearer credential with every call to a node.
-    `prefill_policy` / `decode_policy`: how each role's node is chosen (router.policies: round_robin,
-    prefix_aware, ...); `prefix`: the prefix_aware policy's settings.
+    `prefill_policy` / `decode_policy`: a routing policy of router.policies per role (round_robin,
+    load_aware, prefix_aware, ...); `prefix`: the prefix_aware policy's settings; `load_interval_s`: how
+    often the nodes' vLLM metrics are scraped when a policy or the decider needs them (router.load);
+    `decider`: conditional disaggregation (router.decider).
     """
 
     mode: Mode
@@ -67,6 +71,8 @@ class RouterConfig:
     cluster_token: str | None = field(default=None, repr=False)  # sent to every node (core.cluster_token)
     prefill_policy: str = "round_robin"
     decode_policy: str = "round_robin"
+    load_interval_s: float = 1.0
+    decider: DeciderSettings = field(default_factory=DeciderSettings)
     prefix: PrefixSettings = field(default_factory=PrefixSettings)
 
     @property
@@ -87,16 +93,21 @@ class RouterConfig:
                 raise ConfigError(f"node URL {url!r} must look like http://HOST:PORT")
         if not 0 < self.port < 65536:
             raise ConfigError(f"port {self.port} out of range")
-        for name in ("request_timeout_s", "connect_timeout_s", "health_interval_s"):
+        for role, name in self.policy_names.items():
+            if name not in policies.names():
+                raise ConfigError(f"--{role}-policy {name!r}: known policies: {', '.join(policies.names())}")
+        for name in ("request_timeout_s", "connect_timeout_s", "health_interval_s", "load_interval_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0")
         if self.max_body_bytes < 1024:
             raise ConfigError("max_body_bytes must be at least 1024")
-        for role, name in self.policy_names.items():
-            if name not in policies.names():
-                raise ConfigError(f"--{role}-policy {name!r}: known policies: {', '.join(policies.names())}")
         if self.max_inflight < 1 or self.max_queue < 0:
             raise ConfigError("max_inflight must be >= 1 and max_queue >= 0")
         if self.api_key is not None and (not self.api_key or not self.api_key.isascii()
                                          or not self.api_key.isprintable() or " " in self.api_key):
             raise ConfigError("api_key must be non-empty printable ASCII without spaces")
+
+    @property
+    def needs_load(self) -> bool:
+        """Whether node load is scraped: a load-aware policy or the conditional decider reads it."""
+        return "load_aware" in (self.prefill_policy, self.decode_policy) or self.decider.policy == "conditional"

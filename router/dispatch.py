@@ -4,7 +4,8 @@
 - Disagg mode: `router.merge.split` turns it into single P/D requests (one, unless it has several prompts
   or `n` > 1), `router.fanout` runs them over `router.single.SinglePath` and merges their answers. A shape
   vLLM's P/D protocol cannot carry at all (beam search, which makes its own requests inside vLLM) is
-  served whole by a decode node, as colocated (LOCAL_REASONS).
+  served whole by a decode node, as colocated (LOCAL_REASONS), and so is a request `router.decider` decides
+  to prefill locally.
 
 The answer is JSON for a unary request, SSE for a streamed one (`router.relay`).
 """
@@ -23,6 +24,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from core.messages import RequestTiming
 from router import fanout
 from router.config import RouterConfig
+from router.decider import Decider
 from router.merge import Part, Split, split
 from router.metrics import RouterMetrics
 from router.registry import NodeRegistry
@@ -67,9 +69,11 @@ class Dispatcher:
                  metrics: RouterMetrics) -> None:
         self.config, self.registry, self.client, self.metrics = config, registry, client, metrics
         self.single = SinglePath(config, registry, client, metrics)
+        self.decider = Decider(config.decider, registry, metrics.decisions)
 
     async def serve(self, body: dict[str, Any], endpoint: str, call: Call) -> Any:
-        local = self.config.mode == "colocated" or self._local_reason(body, call) is not None
+        local = self.config.mode == "colocated" or not self.decider.decide(  # router.decider: remote or local
+            body, call.timing, self._local_reason(body, call)).remote
         plan = Split([Part(0, 0, body)], 1) if local else split(body, endpoint)
         single = _BoundSingle(self.single, endpoint, call, prefill=not local)
         if body.get("stream"):

@@ -47,6 +47,8 @@ class RouterMetrics:
                                 "(prompt tokens x KV bytes per token)", registry=r)
         self.request_kv_bytes = Histogram("disagg_router_request_kv_bytes", "KV bytes per disaggregated request",
                                           buckets=KV_BUCKETS_BYTES, registry=r)
+        self.decisions = Counter("disagg_router_decisions", "Disagg-mode requests by where they were prefilled "
+                                 "(remote, local) and why (router.decider)", ["decision", "reason"], registry=r)
         self.in_flight = Gauge("disagg_router_requests_in_flight", "Requests being served", registry=r)
         self.queued = Gauge("disagg_router_requests_queued", "Requests waiting for an in-flight slot", registry=r)
         self.nodes_healthy = Gauge("disagg_router_nodes_healthy", "Healthy nodes by role", ["role"], registry=r)

@@ -22,6 +22,7 @@ from core.errors import NoNodeAvailable, UpstreamError
 from core.messages import RequestTiming
 from router import continuation, protocol
 from router.config import RouterConfig
+from router.decider import estimate_prompt_tokens
 from router.metrics import RouterMetrics
 from router.policies import RoutingRequest
 from router.registry import Node, NodeRegistry
@@ -72,14 +73,16 @@ class PrefillStep:
         prefill_body = protocol.prefill_request(body)
         if continuing:
             prefill_body = continuation.prefill_request(prefill_body, body)
+        end = node.load.begin(estimate_prompt_tokens(body, self.config.decider.chars_per_token))  # router.load
         try:
-            with self.registry.in_flight.track(node):
-                data = await post_json(self.client, "prefill", node.vllm_url + protocol.PATHS[endpoint],
-                                       prefill_body, headers)
+            data = await post_json(self.client, "prefill", node.vllm_url + protocol.PATHS[endpoint],
+                                   prefill_body, headers)
         except NodeFailure as exc:
             if exc.node_down:
                 self.registry.mark_failed(node, exc.message)
             raise
+        finally:
+            end()
         params = protocol.kv_transfer_params(data)
         timing.prefill_s = max(timing.prefill_s or 0.0, time.monotonic() - started_s)  # the slowest part's
         timing.prompt_tokens = protocol.prompt_tokens(data)

@@ -21,7 +21,8 @@ from pydantic import ValidationError
 
 from core.errors import NoNodeAvailable
 from core.messages import NodeInfo
-from router.node_load import InFlight
+from router.load import NodeLoad
+from router.node_load import NodeLoads
 from router.policies import RoundRobin, RoutingPolicy, RoutingRequest
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ SLOW_CHECKS_TO_DOWN = 3
 
 @dataclass
 class Node:
-    """One node as the router knows it. Mutated only by `NodeRegistry.check`."""
+    """One node as the router knows it. Mutated only by `NodeRegistry.check` (`load`: by router.load)."""
 
     role: str
     url: str
@@ -38,6 +39,7 @@ class Node:
     healthy: bool = False
     last_error: str | None = None
     slow_checks: int = 0  # consecutive health checks that timed out
+    load: NodeLoad = field(default_factory=NodeLoad)  # how busy it is (router.load; mutated there)
 
     @property
     def vllm_url(self) -> str:
@@ -51,6 +53,7 @@ class Node:
             "healthy": self.healthy,
             "last_error": self.last_error,
             "info": self.info.model_dump() if self.info else None,
+            "load": self.load.describe(),
         }
 
 
@@ -58,7 +61,7 @@ class Node:
 class NodeRegistry:
     nodes: list[Node]
     policies: dict[str, RoutingPolicy] = field(default_factory=lambda: {"prefill": RoundRobin(), "decode": RoundRobin()})
-    in_flight: InFlight = field(default_factory=InFlight)  # requests this router has on each node (router.node_load)
+    loads: NodeLoads = field(default_factory=NodeLoads)  # each node's load as policies read it (router.node_load)
 
     @classmethod
     def from_urls(cls, prefill_urls: tuple[str, ...], decode_urls: tuple[str, ...],

@@ -259,22 +259,19 @@ class SinglePath:
         url = node.vllm_url + protocol.PATHS[endpoint]
         started_s = time.monotonic()
         scope = AsyncExitStack()
+        scope.callback(node.load.begin())  # router.load: a call in flight to the node until it ends
         try:
-            scope.enter_context(self.registry.in_flight.track(node))  # until the answer or the stream's end
             if stream:
                 resp = await scope.enter_async_context(open_stream(self.client, role, url, body, headers))
                 return SubStream(resp, scope, role, timing if role == "decode" else None, started_s,
                                  self._abandon_release(role, body, endpoint, headers))
-            async with scope:
-                data = await post_json(self.client, role, url, body, headers)
+            data = await post_json(self.client, role, url, body, headers)
             timing.decode_s = max(timing.decode_s or 0.0, time.monotonic() - started_s)
-            return data
-        except NodeFailure as exc:
             await scope.aclose()
-            if exc.node_down:
+            return data
+        except BaseException as exc:
+            if isinstance(exc, NodeFailure) and exc.node_down:
                 self.registry.mark_failed(node, exc.message)
-            raise
-        except BaseException:
             await scope.aclose()
             raise
 
