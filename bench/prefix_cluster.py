@@ -29,6 +29,7 @@ from typing import Iterator
 
 import httpx
 
+from core.host import terminate
 from bench.local_cluster import free_ports
 from bench.multiturn_run import NodeRef
 from deploy import cluster_file
@@ -125,12 +126,7 @@ def extra_router(cluster: PrefixCluster, *args: str, name: str = "router-extra",
             time.sleep(0.5)
         yield router_url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc, 30)
         log_file.close()
 
 

@@ -29,7 +29,7 @@ from typing import Any, Iterator
 import httpx
 
 from bench.local_cluster import free_ports
-from core.host import die_with_parent
+from core.host import die_with_parent, terminate
 
 log = logging.getLogger(__name__)
 READY_TIMEOUT_S = 60.0
@@ -103,12 +103,7 @@ def _process(argv: list[str]) -> Iterator[subprocess.Popen]:
     try:
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc, 10)
 
 
 def _wait_ready(url: str) -> None:

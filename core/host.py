@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import platform as _platform
 import signal
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,6 +172,16 @@ def rdma_devices(sysfs: Path = RDMA_SYSFS) -> list[str]:
 
 def usable_cores() -> list[int]:
     return sorted(os.sched_getaffinity(0))
+
+
+def terminate(proc: subprocess.Popen, timeout_s: float = 10.0) -> None:
+    """SIGTERM `proc`, wait up to `timeout_s` seconds, then SIGKILL it and reap it."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def die_with_parent() -> None:

@@ -17,6 +17,7 @@ import httpx
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
+from core.host import terminate
 from node.settings import EngineSettings, NodeSettings
 from tests.integration.cluster_manager import Cluster, _drained, _processes_with
 from tests.integration.prompts import prompt_of
@@ -92,12 +93,7 @@ def extra_router(cluster: Cluster, prefill_vllm_urls: list[str], *args: str, env
         _wait_until(lambda: _answers(f"{url}/health", 200 if healthy else None), 60, f"router {url}", proc)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc, 30)
         log.close()
 
 

@@ -19,6 +19,7 @@ from typing import Iterator
 
 import pytest
 
+from core.host import terminate
 from deploy.kv_tier_server import KvTierServerSettings, redis_argv
 from tests.support.threaded_server import free_port
 
@@ -68,12 +69,7 @@ def redis_server(max_bytes: int = 64 * 2**20, extra_args: tuple[str, ...] = (),
         yield server
     finally:
         server.resume()
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc, 10)
 
 
 def _wait_ready(server: RedisServer, password: str | None) -> None:
