@@ -33,7 +33,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                            "`disagg down FILE`. "
                            "With --local: the same for a one-host cluster on this machine, kept running until "
                            "Ctrl-C (or SIGTERM); if any process dies, everything is stopped; the two vLLM servers "
-                           "are bound to different CPU cores. The options below, except --install, are for --local."))
+                           "are bound to different CPU cores. The options below, except --install, --dry-run, --platform and --model-config, are for --local."))
     p.add_argument("file", nargs="?", type=Path, help="cluster file (TOML); omit with --local")
     p.add_argument("--install", action="store_true",
                    help="with FILE: first install this disagg source and the right vLLM on every host "

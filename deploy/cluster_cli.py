@@ -29,7 +29,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                           description="Print the last lines of a component's log, read on the host it runs on.")
     logs.add_argument("file", type=Path, help="cluster file (TOML)")
     logs.add_argument("role", metavar="COMPONENT",
-                      help="which component: prefill, decode, router, baseline (several nodes: prefill-1, ...)")
+                      help="which component: prefill, decode, router, baseline, kv-tier (several nodes: prefill-1, ...)")
     logs.add_argument("-n", "--lines", type=int, default=50, help="how many lines (default: 50)")
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines until Ctrl-C")
     logs.set_defaults(func=run_logs)

@@ -210,7 +210,8 @@ def run(settings: KvTierServerSettings) -> int:
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("kv-tier", help="run the Redis server of a cluster's KV tier (what `disagg up` starts)",
-                       description=__doc__.split("\n\n")[1] if __doc__ else None)
+                       description="\n\n".join(__doc__.split("\n\n")[1:3]) if __doc__ else None,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     flags = add_flags(p, KvTierServerSettings)
     p.add_argument("--settings", metavar="JSON", default=None, help="every setting as one JSON object")
     p.set_defaults(func=_run_args, _tier_flags=flags)

@@ -19,8 +19,8 @@ def add_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("routing (router.policies, router.load, router.decider)")
     for role in ("prefill", "decode"):
         g.add_argument(f"--{role}-policy", choices=policies.names(), default="round_robin",
-                       help=f"how a {role} node is chosen among the healthy ones (the decode policy also places "
-                            "colocated requests): round_robin; load_aware (the least outstanding work from each "
+                       help=f"how a {role} node is chosen among the healthy ones"
+                            + (" (also the node of a colocated request)" if role == "decode" else "") + ": round_robin; load_aware (the least outstanding work from each "
                             "node's vLLM metrics and the router's own calls in flight); prefix_aware (the node "
                             "whose prefix cache holds the longest prefix of the prompt, weighed against its load; "
                             "the nodes must publish KV events: --kv-events) (default: round_robin)")

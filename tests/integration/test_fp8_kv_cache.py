@@ -4,7 +4,7 @@ colocated one (the decode node alone, same FP8 cache) token for token, moving FP
 
 This test starts its own two nodes (`disagg prefill` / `disagg decode`, no router: it drives vLLM's P/D
 protocol itself with `bench.quality`), one transport after the other, because the session's clusters run
-the model's own KV dtype and the cluster launcher has no engine option for the cache dtype; it stops the
+the model's own KV dtype (an FP8 cache changes every answer, so it cannot share them); it stops the
 session's cluster first (one cluster at a time on this box). Skipped where vLLM cannot keep FP8 KV
 (`node.kv_cache_dtype.fp8_kv_cache_support`), and for nixl where NIXL's own loopback fails on the host."""
 
