@@ -59,6 +59,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def _cluster_group(item: pytest.Item) -> int:
     names = set(getattr(item, "fixturenames", ()))
     param = getattr(getattr(item, "callspec", None), "params", {}).get("any_cluster")
+    module = getattr(item, "module", None)
+    if module is not None and ("cluster" in vars(module) or "tcp_cluster" in vars(module)):
+        return 2  # a module with a cluster fixture of its own (it stops the session's)
     if "cluster" in names or param == "nixl":
         return 0
     if "tcp_cluster" in names or param == "tcp":
