@@ -181,6 +181,16 @@ def test_lone_release_frees_and_unknown_release_refused(prefill):
         release_blocks("127.0.0.1", server.port, "req-7")
 
 
+def test_a_release_waits_briefly_for_a_request_published_just_after(prefill):
+    """The router may ask for a release (through the decode node) before the prefill worker has published the
+    blocks: the release must still free them, not leave them to the lease."""
+    server, leases, _ = prefill
+    timer = threading.Timer(0.05, leases.publish, args=("late-release", [4], 30))
+    timer.start()
+    release_blocks("127.0.0.1", server.port, "late-release")
+    assert leases.drain_finished() == ({"late-release"}, set())
+
+
 def test_lease_expiry_frees_blocks_and_refuses_late_pulls(prefill):
     server, leases, _ = prefill
     leases.publish("req-8", [1], lease_s=0.1)

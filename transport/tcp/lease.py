@@ -75,11 +75,19 @@ class LeaseTable:
             if lease is not None:
                 lease.transfers_in_flight -= 1
 
-    def release(self, request_id: str) -> bool:
-        """The decode side is done with the blocks; False if they were not published."""
+    def release(self, request_id: str, wait_s: float = 0.0) -> bool:
+        """The decode side is done with the blocks; False if they were not published. Waits up to `wait_s`
+        for a request not published yet: a release may overtake the publication (the router has the prefill's
+        answer as soon as the engine finishes the request; the worker publishes its blocks a step later), as a
+        pull may; one that found nothing would leave the blocks to the lease."""
+        deadline_s = time.monotonic() + wait_s
         with self._cond:
-            if self._leases.pop(request_id, None) is None:
-                return False
+            while request_id not in self._leases:
+                remaining_s = deadline_s - time.monotonic()
+                if request_id in self._gone or remaining_s <= 0:
+                    return False
+                self._cond.wait(remaining_s)
+            del self._leases[request_id]
             self._released.add(request_id)
             self._remember_gone(request_id, "released")
         logger.debug("released %s", request_id)

@@ -163,7 +163,7 @@ class BlockServer:
             return True
         if header.frame_type is FrameType.RELEASE:
             self._check_proof(FrameType.RELEASE, request_id, b"", payload)
-            if not self.leases.release(request_id):
+            if not self.leases.release(request_id, self.publish_wait_s):
                 raise _Refused(ErrorCode.UNKNOWN_REQUEST, f"release of unpublished request {request_id}",
                               request_id)
             stream.send_buffers(conn, [wire.encode_frame(FrameType.RELEASED, request_id)], deadline_s)
