@@ -67,7 +67,9 @@ def test_decode_killed_mid_stream_errors_explicitly_then_is_restarted_and_used_a
         return bool(info and info["pid"] != old_pid and info["engine_ready"])
 
     _wait(restarted, RESTART_TIMEOUT_S, "the decode node's vLLM server restarted")
-    _wait(lambda: _get_ok(f"{tcp_cluster.router_url}/health", {}) is not None, 60, "the router took the node back")
+    routers = (tcp_cluster.router_url, tcp_cluster.baseline_url)  # each notices on its own health check
+    _wait(lambda: all(_get_ok(f"{url}/health", {}) is not None for url in routers), 60,
+          "both routers took the node back")
     again = {**body, "max_tokens": 8, "stream": False, "return_token_ids": True}
     disagg, colocated = (run(url, "completions", again) for url in (tcp_cluster.router_url, tcp_cluster.baseline_url))
     assert disagg["usage"]["completion_tokens"] == 8 and disagg["token_ids"] == colocated["token_ids"]
