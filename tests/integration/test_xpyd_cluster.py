@@ -4,7 +4,8 @@ them (round robin: each serves half, its KV pulled from the one prefill node), a
 
 It needs a cluster of its own: the session's clusters have one decode node each. It stops the session's cluster
 first (one cluster at a time on this box) and keeps to a few short requests; three vLLM servers on two cores
-(prefill on core 0, the decode nodes on cores 1 and 0) start in about a minute here."""
+(prefill on core 0, both decode nodes on core 1: a decode node on its prefill node's core stalls its pulls
+there) start in about a minute here."""
 
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ def _cluster_file(tmp_path, model_dir) -> str:
         port = {ports[6]}
         info_port = {ports[7]}
         kv_port = {ports[8]}
-        cpu_cores = "0"
+        cpu_cores = "1"
         [router]
         port = {ports[9]}
         [engine]
