@@ -89,12 +89,7 @@ class LocalOptions(BaseModel):
                               "and /metrics are on the next port")
     engine: EngineSettings = Field(default_factory=EngineSettings, json_schema_extra={"flag": None})
 
-    @field_validator("transport")
-    @classmethod
-    def _known_transport(cls, name: str) -> str:
-        if name not in registry.choices():
-            raise ValueError(f"unknown transport {name!r}; known: {', '.join(registry.choices())}")
-        return name
+    _known_transport = field_validator("transport")(registry.known_choice)
 
     @classmethod
     def build(cls, **values: object) -> "LocalOptions":

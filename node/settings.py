@@ -123,12 +123,7 @@ class NodeSettings(_Frozen):
     ready_timeout_s: float = Field(600.0, gt=0, description="give up when vLLM is not ready after this long")
     engine: EngineSettings = Field(default_factory=EngineSettings, json_schema_extra={"flag": None})
 
-    @field_validator("transport")
-    @classmethod
-    def _known_transport(cls, name: str) -> str:
-        if name not in registry.choices():
-            raise ValueError(f"unknown transport {name!r}; known: {', '.join(registry.choices())}")
-        return name
+    _known_transport = field_validator("transport")(registry.known_choice)
 
     @field_validator("env")
     @classmethod

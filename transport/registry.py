@@ -40,6 +40,14 @@ def choices() -> tuple[str, ...]:
     return (*names(), AUTO)
 
 
+def known_choice(name: str) -> str:
+    """`name` when `--transport` accepts it (`choices()`); ValueError naming the known ones otherwise (for a
+    pydantic validator)."""
+    if name not in choices():
+        raise ValueError(f"unknown transport {name!r}; known: {', '.join(choices())}")
+    return name
+
+
 def get(name: str) -> Transport:
     """The transport called `name`; ConfigError naming the known ones otherwise."""
     try:
