@@ -11,10 +11,23 @@ from typing import Iterator
 import uvicorn
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A loopback TCP port free now and never handed out before in this process.
+
+    The kernel may give the same ephemeral port to two successive binds once the first socket is closed; tests
+    that take several ports for one cluster file (CI once got prefill's port again for decode) need them distinct.
+    """
+    for _ in range(100):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+    raise RuntimeError("no fresh free port after 100 tries")
 
 
 @contextmanager
