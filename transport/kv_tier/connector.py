@@ -40,10 +40,11 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
     KVConnectorMetadata,
     KVConnectorRole,
 )
-from vllm.distributed.kv_transfer.kv_connector.v1.metrics import KVConnectorPromMetrics, KVConnectorStats
+from vllm.distributed.kv_transfer.kv_connector.v1.metrics import KVConnectorStats
 from vllm.v1.metrics.cache_hit_source import CacheHitSource
 
 from core.cluster_token import CLUSTER_TOKEN_ENV
+from transport.connector_stats import StatsHooks
 from transport.kv_tier import backend as backends
 from transport.kv_tier.keys import Namespace, model_identity
 from transport.kv_tier.metadata import KvTierMetadata
@@ -65,7 +66,9 @@ if TYPE_CHECKING:
 CONNECTOR_NAME = "KvTierConnector"
 
 
-class KvTierConnector(KVConnectorBase_V1):
+class KvTierConnector(StatsHooks, KVConnectorBase_V1):
+    STATS_CLS, PROM_CLS = KvTierStats, KvTierPromMetrics
+
     def __init__(self, vllm_config: VllmConfig, role: KVConnectorRole, kv_cache_config: KVCacheConfig) -> None:
         super().__init__(vllm_config, role, kv_cache_config)
         _route_logs_through_vllm()
@@ -162,17 +165,6 @@ class KvTierConnector(KVConnectorBase_V1):
         side = self.worker or self.scheduler
         if side is not None:
             side.shutdown()
-
-    # ---- stats ----------------------------------------------------------------------------------------
-
-    @classmethod
-    def build_kv_connector_stats(cls, data: dict[str, Any] | None = None) -> KVConnectorStats | None:
-        return KvTierStats(data=data) if data is not None else KvTierStats()
-
-    @classmethod
-    def build_prom_metrics(cls, vllm_config: VllmConfig, metric_types: dict, labelnames: list[str],
-                           per_engine_labelvalues: dict[int, list[object]]) -> KVConnectorPromMetrics | None:
-        return KvTierPromMetrics(vllm_config, metric_types, labelnames, per_engine_labelvalues)
 
 
 def namespace_of(vllm_config: VllmConfig, kv_cache_config: KVCacheConfig) -> Namespace:

@@ -14,18 +14,12 @@ corrupt, tier down) is a load error and is recomputed; `corrupt_entries` counts 
 
 from __future__ import annotations
 
-import copy
-from dataclasses import dataclass
 from typing import Any
 
 from vllm.config import VllmConfig
-from vllm.distributed.kv_transfer.kv_connector.v1.metrics import (
-    KVConnectorPromMetrics,
-    KVConnectorStats,
-    PromMetric,
-    PromMetricT,
-)
-from vllm.v1.metrics.utils import create_metric_per_engine
+from vllm.distributed.kv_transfer.kv_connector.v1.metrics import KVConnectorPromMetrics, PromMetric, PromMetricT
+
+from transport.connector_stats import ListStats, per_engine_maker
 
 COUNTERS = ("lookups", "hit_blocks", "miss_blocks", "lookup_errors", "loaded_blocks", "loaded_bytes",
             "load_errors", "corrupt_entries", "stored_blocks", "stored_bytes", "store_errors", "dropped_stores")
@@ -45,32 +39,13 @@ _DOCS = {
 }
 
 
-@dataclass
-class KvTierStats(KVConnectorStats):
-    def __post_init__(self) -> None:
-        if not self.data:
-            self.reset()
-
-    def reset(self) -> None:
-        self.data = {key: [] for key in _LISTS}
+class KvTierStats(ListStats):
+    LISTS = _LISTS
 
     def record(self, name: str, value: float = 1) -> None:
-        if name not in _LISTS:
+        if name not in self.LISTS:
             raise KeyError(f"unknown KV tier stat {name!r}")
         self.data.setdefault(name, []).append(value)
-
-    def clone_and_reset(self) -> "KvTierStats":
-        old = copy.copy(self)
-        self.reset()
-        return old
-
-    def is_empty(self) -> bool:
-        return not any(self.data.get(key) for key in _LISTS)
-
-    def aggregate(self, other: KVConnectorStats) -> KVConnectorStats:
-        for key in _LISTS:
-            self.data.setdefault(key, []).extend(other.data.get(key, []))
-        return self
 
     def reduce(self) -> dict[str, int | float]:
         """The interval's totals for vLLM's `KV Transfer metrics:` log line."""
@@ -91,10 +66,7 @@ class KvTierPromMetrics(KVConnectorPromMetrics):
     def __init__(self, vllm_config: VllmConfig, metric_types: dict[type[PromMetric], type[PromMetricT]],
                  labelnames: list[str], per_engine_labelvalues: dict[int, list[object]]) -> None:
         super().__init__(vllm_config, metric_types, labelnames, per_engine_labelvalues)
-
-        def per_engine(cls: Any, name: str, doc: str, **kwargs: Any) -> dict[int, PromMetric]:
-            return create_metric_per_engine(cls(name=name, documentation=doc, labelnames=labelnames, **kwargs),
-                                            per_engine_labelvalues)
+        per_engine = per_engine_maker(labelnames, per_engine_labelvalues)
 
         self.counters = {key: per_engine(self._counter_cls, f"vllm:disagg_kv_tier_{key}", doc)
                          for key, doc in _DOCS.items()}

@@ -31,9 +31,10 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
     KVConnectorRole,
     KVConnectorTransferResults,
 )
-from vllm.distributed.kv_transfer.kv_connector.v1.metrics import KVConnectorPromMetrics, KVConnectorStats
+from vllm.distributed.kv_transfer.kv_connector.v1.metrics import KVConnectorStats
 from vllm.v1.metrics.cache_hit_source import CacheHitSource
 
+from transport.connector_stats import StatsHooks
 from transport.tcp.metadata import TcpConnectorMetadata
 from transport.tcp.scheduler_side import TcpConnectorScheduler
 from transport.tcp.settings import TcpConnectorSettings
@@ -51,8 +52,9 @@ if TYPE_CHECKING:
     from transport.tcp.worker_side import TcpConnectorWorker
 
 
-class DisaggTcpConnector(KVConnectorBase_V1):
+class DisaggTcpConnector(StatsHooks, KVConnectorBase_V1):
     _cache_hit_source = CacheHitSource.P2P
+    STATS_CLS, PROM_CLS = TcpKVConnectorStats, TcpPromMetrics
 
     def __init__(self, vllm_config: VllmConfig, role: KVConnectorRole, kv_cache_config: KVCacheConfig) -> None:
         super().__init__(vllm_config, role, kv_cache_config)
@@ -151,17 +153,6 @@ class DisaggTcpConnector(KVConnectorBase_V1):
     def shutdown(self) -> None:
         if self.worker is not None:
             self.worker.shutdown()
-
-    # ---- stats ----------------------------------------------------------------------------------------
-
-    @classmethod
-    def build_kv_connector_stats(cls, data: dict[str, Any] | None = None) -> KVConnectorStats | None:
-        return TcpKVConnectorStats(data=data) if data is not None else TcpKVConnectorStats()
-
-    @classmethod
-    def build_prom_metrics(cls, vllm_config: VllmConfig, metric_types: dict, labelnames: list[str],
-                           per_engine_labelvalues: dict[int, list[object]]) -> KVConnectorPromMetrics | None:
-        return TcpPromMetrics(vllm_config, metric_types, labelnames, per_engine_labelvalues)
 
 
 def _check_supported(vllm_config: VllmConfig, kv_cache_config: KVCacheConfig) -> None:

@@ -10,34 +10,21 @@ Workers record into `TcpKVConnectorStats`; vLLM aggregates it across workers, lo
 
 from __future__ import annotations
 
-import copy
-from dataclasses import dataclass
 from typing import Any
 
 from vllm.config import VllmConfig
-from vllm.distributed.kv_transfer.kv_connector.v1.metrics import (
-    KVConnectorPromMetrics,
-    KVConnectorStats,
-    PromMetric,
-    PromMetricT,
-)
-from vllm.v1.metrics.utils import create_metric_per_engine
+from vllm.distributed.kv_transfer.kv_connector.v1.metrics import KVConnectorPromMetrics, PromMetric, PromMetricT
 
-_LISTS = ("pull_seconds", "pull_bytes", "pull_kv_bytes", "serve_seconds", "serve_bytes", "failed_pulls",
-          "expired_leases", "unauthorized")
+from transport.connector_stats import ListStats, per_engine_maker
+
 _MIB = 2**20
 
 
-@dataclass
-class TcpKVConnectorStats(KVConnectorStats):
-    """Per-interval observations; every value is a plain list so it crosses process boundaries."""
+class TcpKVConnectorStats(ListStats):
+    """Per-interval observations of pulls (decode side) and serves (prefill side)."""
 
-    def __post_init__(self) -> None:
-        if not self.data:
-            self.reset()
-
-    def reset(self) -> None:
-        self.data = {key: [] for key in _LISTS}
+    LISTS = ("pull_seconds", "pull_bytes", "pull_kv_bytes", "serve_seconds", "serve_bytes", "failed_pulls",
+             "expired_leases", "unauthorized")
 
     def record_pull(self, nbytes: int, seconds: float, kv_nbytes: int | None = None) -> None:
         """A pull that moved `nbytes` on the wire and restored `kv_nbytes` of KV (default: the same)."""
@@ -57,19 +44,6 @@ class TcpKVConnectorStats(KVConnectorStats):
 
     def record_unauthorized(self) -> None:
         self.data["unauthorized"].append(1)
-
-    def clone_and_reset(self) -> TcpKVConnectorStats:
-        old = copy.copy(self)
-        self.reset()
-        return old
-
-    def is_empty(self) -> bool:
-        return not any(self.data.get(key) for key in _LISTS)
-
-    def aggregate(self, other: KVConnectorStats) -> KVConnectorStats:
-        for key in _LISTS:
-            self.data.setdefault(key, []).extend(other.data.get(key, []))
-        return self
 
     def reduce(self) -> dict[str, int | float]:
         """The interval's summary for the log line; decode nodes pull, prefill nodes serve."""
@@ -104,10 +78,7 @@ class TcpPromMetrics(KVConnectorPromMetrics):
                  labelnames: list[str], per_engine_labelvalues: dict[int, list[object]]) -> None:
         super().__init__(vllm_config, metric_types, labelnames, per_engine_labelvalues)
         time_buckets_s = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
-
-        def per_engine(cls: Any, name: str, doc: str, **kwargs: Any) -> dict[int, PromMetric]:
-            return create_metric_per_engine(cls(name=name, documentation=doc, labelnames=labelnames, **kwargs),
-                                            per_engine_labelvalues)
+        per_engine = per_engine_maker(labelnames, per_engine_labelvalues)
 
         self.pull_seconds = per_engine(self._histogram_cls, "vllm:disagg_tcp_kv_pull_seconds",
                                        "Seconds per TCP KV pull (decode side).", buckets=time_buckets_s)
