@@ -29,7 +29,8 @@ from router.merge import Part, Split, split
 from router.metrics import RouterMetrics
 from router.registry import NodeRegistry
 from router.relay import StreamRelay, note_usage
-from router.single import SinglePath, SubStream
+from router.single import SinglePath
+from router.substream import SubStream
 
 log = logging.getLogger("router.requests")
 LOCAL_REASONS = {"use_beam_search": "beam search runs its own requests inside vLLM"}

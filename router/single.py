@@ -4,8 +4,9 @@ This is the one place that knows how a single request is served; `router.fanout`
 and merges what it returns, knowing only its two results:
 
 - `unary(...)`: the decode node's JSON body (a dict in vLLM's response shape);
-- `open_stream(...)`: a `SubStream` whose `chunks()` yields each SSE `data:` payload parsed (dicts, in
-  vLLM's chunk shape), ending at `[DONE]`. It is opened (prefill done, the decode node's 200 received) before
+- `open_stream(...)`: a stream (`router.substream`: the decode node's `SubStream`, or the prefill node's
+  first token alone or spliced before the decode node's) whose `chunks()` yields each SSE `data:` payload
+  (`Chunk`, in vLLM's chunk shape), ending at `[DONE]`. It is opened (prefill done, the decode node's 200 received) before
   it is returned, so a request the decode node refuses is an error before any byte reaches the client.
 
 Disagg (`prefill=True`): the prefill node gets `protocol.prefill_request`, the decode node the body plus the
@@ -29,111 +30,24 @@ import asyncio
 import logging
 import time
 from contextlib import AsyncExitStack
-from typing import Any, AsyncIterator, Callable
+from typing import Any, Callable
 
 import aiohttp
 
-from core.errors import ClientRelayedError, DisaggError, NoNodeAvailable, UpstreamError
+from core.errors import ClientRelayedError, DisaggError, NoNodeAvailable
 from core.messages import RequestTiming
 from router import continuation, protocol, splice
-from router.chunk import Chunk
 from router.config import RouterConfig
 from router.metrics import RouterMetrics
 from router.policies import RoutingRequest
 from router.prefill import Prefilled, PrefillStep
 from router.registry import Node, NodeRegistry
-from router.upstream import CLIENT_ERRORS, NodeFailure, error_from_exception, open_stream, post_json
+from router.substream import ContinuedStream, HeadStream, SubStream
+from router.upstream import NodeFailure, open_stream, post_json
 
 log = logging.getLogger("router.requests")
 RELEASE_TIMEOUT_S = 30.0
 PREFILL_GRACE_S = 1.0  # how long a cancelled prefill may still answer, so that its blocks are released
-
-
-class SubStream:
-    """One opened decode stream: `chunks()` yields its parsed chunks once; `aclose()` closes the connection
-    (vLLM aborts a request whose connection closes).
-
-    `on_abandon` runs when the stream is closed before its first chunk: vLLM's API server may have sent its
-    response headers without its engine having taken the request yet (the engine gets it when the response
-    body is first iterated), and a request the engine never saw never pulls, nor frees, the prefill node's
-    blocks. After a first chunk the engine has pulled them (or recomputed the prompt)."""
-
-    def __init__(self, resp: aiohttp.ClientResponse, scope: AsyncExitStack, role: str = "decode",
-                 timing: RequestTiming | None = None, sent_s: float | None = None,
-                 on_abandon: Callable[[], None] | None = None) -> None:
-        self.resp, self.scope, self.role = resp, scope, role
-        self.timing, self.sent_s = timing, sent_s  # notes the node's time to its first chunk
-        self.on_abandon, self.got_chunk = on_abandon, False
-
-    async def chunks(self) -> AsyncIterator[Chunk]:
-        try:
-            async for line in self.resp.content:
-                if not line.startswith(b"data:"):
-                    continue  # blank separators, comments, event names
-                payload = line[5:].strip()
-                if payload == b"[DONE]":
-                    return
-                chunk = Chunk(bytes(payload))
-                if chunk.mentions(b'"error"') and chunk.data.get("error"):
-                    raise _in_band_error(chunk.data["error"])
-                self._note_first_chunk()
-                self.got_chunk = True
-                yield chunk
-        except CLIENT_ERRORS as exc:
-            raise error_from_exception(self.role, exc) from exc
-        except ValueError:  # json.JSONDecodeError included
-            raise UpstreamError(f"{self.role} node sent an SSE chunk that is not JSON",
-                                code=f"{self.role}_protocol") from None
-        raise UpstreamError(f"{self.role} node closed the stream before [DONE]", code=f"{self.role}_stream_cut")
-
-    async def aclose(self) -> None:
-        if not self.got_chunk and self.on_abandon is not None:
-            self.on_abandon()
-            self.on_abandon = None
-        await self.scope.aclose()
-
-    def _note_first_chunk(self) -> None:
-        if self.timing is not None and self.sent_s is not None and self.timing.decode_ttft_s is None:
-            now_s = time.monotonic()
-            self.timing.decode_ttft_s = now_s - self.sent_s
-            self.timing.decode_first_s = now_s - self.timing.started_s
-        self.sent_s = None
-
-
-def _in_band_error(error: Any) -> DisaggError:
-    message = error.get("message") if isinstance(error, dict) else None
-    return UpstreamError(f"decode node failed mid-stream: {message or error}", code="decode_stream_error")
-
-
-class HeadStream:
-    """A streamed answer made wholly from the prefill node's answer (its first token ended it)."""
-
-    def __init__(self, head: list[dict[str, Any]]) -> None:
-        self.head = head
-
-    async def chunks(self) -> AsyncIterator[Chunk]:
-        for chunk in self.head:
-            yield Chunk.of(chunk)
-
-    async def aclose(self) -> None:
-        return None
-
-
-class ContinuedStream:
-    """The first token's chunks (from the prefill answer), then the decode node's, spliced (router.splice)."""
-
-    def __init__(self, head: list[dict[str, Any]], rest: SubStream, splicer: splice.StreamSplicer) -> None:
-        self.head, self.rest, self.splicer = head, rest, splicer
-
-    async def chunks(self) -> AsyncIterator[Chunk]:
-        for chunk in self.head:
-            yield Chunk.of(chunk)
-        async for chunk in self.rest.chunks():
-            if (spliced := self.splicer.chunk(chunk)) is not None:
-                yield spliced
-
-    async def aclose(self) -> None:
-        await self.rest.aclose()
 
 
 class SinglePath:
