@@ -33,19 +33,19 @@ A node's default ports are its role's (`prefill_node.role`, `decode_node.role`);
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import re
 import tomllib
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from core.errors import ConfigError
 from core.settings_flags import describe_validation_error
 from decode_node.role import ROLE as DECODE
 from deploy.cluster_kv_tier import KvTierSpec, tier_from_engine
+from deploy.host_spec import HostSpec, SshSettings, Strict, check_address
 from node.settings import DEFAULT_TRANSPORT, EngineSettings
 from prefill_node.role import ROLE as PREFILL
 from router import policies
@@ -57,23 +57,6 @@ LOCAL = "local"  # the router's host when it runs on the machine that runs `disa
 ROLES = ("prefill", "decode")
 ROUTER_PORT = {f.name: f.default for f in dataclasses.fields(RouterConfig)}["port"]
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
-_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*$")
-_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _check_address(value: str | None) -> str | None:
-    if value is None:
-        return value
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        if not _HOSTNAME.match(value):
-            raise ValueError(f"{value!r} is neither an IP address nor a host name") from None
-    return value
 
 
 def node_name(role: str, index: int, count: int) -> str:
@@ -81,59 +64,7 @@ def node_name(role: str, index: int, count: int) -> str:
     return role if count == 1 else f"{role}-{index + 1}"
 
 
-class SshSettings(_Strict):
-    """How to reach every host that is not `local` (a host may override user and port)."""
-
-    user: str | None = None
-    port: int = Field(default=22, ge=1, le=65535)
-    identity_file: str | None = None
-    options: tuple[str, ...] = ()  # ssh -o values, e.g. "StrictHostKeyChecking=accept-new"
-    connect_timeout_s: float = Field(default=10.0, gt=0, le=300)
-
-    @field_validator("options")
-    @classmethod
-    def _options_are_pairs(cls, options: tuple[str, ...]) -> tuple[str, ...]:
-        for option in options:
-            if not re.match(r"^[A-Za-z]+=\S+$", option):
-                raise ValueError(f"{option!r} is not an ssh option of the form Key=Value")
-        return options
-
-
-class HostSpec(_Strict):
-    """One machine. `address` is where HTTP goes (nodes bind it, the router calls it); `kv_address` is
-    where the other node pulls KV from (often a direct link on another network)."""
-
-    address: str
-    kv_address: str | None = None
-    kv_bind: str | None = None  # tcp: the KV block server's bind address (e.g. 0.0.0.0 behind NAT; default: kv)
-    ssh_address: str | None = None
-    ssh_user: str | None = None
-    ssh_port: int | None = Field(default=None, ge=1, le=65535)
-    local: bool = False
-    disagg: str | None = None  # the disagg executable there (default: the same path as on this machine)
-    env: dict[str, str] = Field(default_factory=dict)  # for the vLLM servers there (UCX_NET_DEVICES, ...)
-
-    _addresses = field_validator("address", "kv_address", "kv_bind", "ssh_address")(_check_address)
-
-    @field_validator("env")
-    @classmethod
-    def _env_keys(cls, env: dict[str, str]) -> dict[str, str]:
-        for key in env:
-            if not _ENV_KEY.match(key):
-                raise ValueError(f"{key!r} is not an environment variable name")
-        return env
-
-    @property
-    def kv(self) -> str:
-        return self.kv_address or self.address
-
-    @property
-    def kv_bind_address(self) -> str:
-        """Where this host's KV endpoint listens (the tcp block server may bind another address)."""
-        return self.kv_bind or self.kv
-
-
-class NodeSpec(_Strict):
+class NodeSpec(Strict):
     """One node: its host (a name in [hosts]), its ports (vLLM, /info + /health, KV) and CPU cores."""
 
     host: str
@@ -159,7 +90,7 @@ class DecodeSpec(NodeSpec):
     kv_port: int = Field(default=DECODE.defaults.kv_port, ge=1, le=65535)
 
 
-class RouterSpec(_Strict):
+class RouterSpec(Strict):
     host: str = LOCAL
     bind: str | None = None  # default: the host's address (127.0.0.1 for local)
     port: int = Field(default=ROUTER_PORT, ge=1, le=65535)
@@ -168,7 +99,7 @@ class RouterSpec(_Strict):
     decode_policy: str | None = None  # also the baseline router's
     disagg_policy: Literal["always", "never", "conditional"] | None = None  # router.decider
 
-    _bind = field_validator("bind")(_check_address)
+    _bind = field_validator("bind")(check_address)
 
     @field_validator("prefill_policy", "decode_policy")
     @classmethod
@@ -189,7 +120,7 @@ class RouterSpec(_Strict):
         return (self.port,) if self.baseline_port is None else (self.port, self.baseline_port)
 
 
-class ClusterSpec(_Strict):
+class ClusterSpec(Strict):
     """A whole cluster. `prefill` and `decode` hold one entry per node (no prefill node: colocated)."""
 
     name: str = Field(pattern=_NAME)

@@ -13,15 +13,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from deploy.host_spec import Strict
 from node.settings import EngineSettings
 
 
-class KvTierSpec(BaseModel):
+class KvTierSpec(Strict):
     """`[kv_tier]` (deploy/cluster_file.py). Defaults: `host` the first prefill node's, ports 6390/6391."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     backend: Literal["redis", "disk"]
     url: str | None = None

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from deploy.cluster_file import LOCAL, ClusterSpec, HostSpec, NodeSpec
+from deploy.cluster_file import LOCAL, ClusterSpec, NodeSpec
+from deploy.host_spec import HostSpec
 from deploy.cluster_kv_tier import node_engine
 from deploy.kv_tier_server import KvTierServerSettings
 from node.settings import NodeSettings
