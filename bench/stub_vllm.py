@@ -40,7 +40,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,8 +47,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.requests import ClientDisconnect
 
-WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"]
-MAX_TOKENS = 512  # a stub answer is never longer, whatever max_tokens says
+from bench.stub_model import EOS, generate, prompt_ids, prompt_text, prompt_texts, word
+
 SLOW_S = 0.3
 
 
@@ -70,75 +69,6 @@ class StubState:
     info: dict[str, Any] | None = None  # served at /info (a disagg node supervisor's NodeInfo); None: 404
     kv_event_sources: dict[str, Any] = field(default_factory=dict)  # vLLM's /kv_event_sources ({}: no events)
     metrics: dict[str, float] | None = None  # served at /metrics as vLLM's gauges and counters; None: 404
-
-
-EOS = len(WORDS)  # the end-of-sequence token: no text
-
-
-def _prompt_texts(body: dict[str, Any]) -> list[str]:
-    """One text per prompt of the request (a batch of prompts for a list of strings or token-id lists)."""
-    if "messages" in body:
-        return [" ".join(str(m.get("content", "")) for m in body["messages"])]
-    prompt = body.get("prompt", "")
-    if isinstance(prompt, list) and prompt and all(isinstance(p, int) for p in prompt):
-        return [detokenize(prompt)]
-    if isinstance(prompt, list) and prompt and all(isinstance(p, (str, list)) for p in prompt):
-        return [detokenize(p) if isinstance(p, list) else p for p in prompt]
-    return [str(prompt)]
-
-
-def _prompt_text(body: dict[str, Any]) -> str:
-    return " ".join(_prompt_texts(body))
-
-
-_TEXT_OF_ID: dict[int, str] = {}  # every word the stub has tokenized, so token-id prompts read as text again
-
-
-def tokenize(text: str) -> list[int]:
-    """The stub's token ids of a text: one per word, above the generated vocabulary."""
-    ids = [100 + zlib.crc32(word.encode()) % 100_000 for word in text.split()]
-    _TEXT_OF_ID.update(zip(ids, text.split()))
-    return ids
-
-
-def detokenize(ids: list[int]) -> str:
-    """A token-id prompt as text (the magic words survive the router's continuation from token ids)."""
-    return " ".join(_TEXT_OF_ID.get(t, word(t).strip() if 0 <= t <= EOS else str(t)) for t in ids)
-
-
-def prompt_ids(body: dict[str, Any]) -> list[list[int]]:
-    """Each prompt's token ids (a list of ints is one prompt; chat may bring them in kv_transfer_params)."""
-    reused = (body.get("kv_transfer_params") or {}).get("prompt_token_ids")
-    if "messages" in body:
-        return [list(reused)] if isinstance(reused, list) else [tokenize(_prompt_texts(body)[0])]
-    prompt = body.get("prompt", "")
-    if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
-        return [list(prompt)]
-    if isinstance(prompt, list) and prompt and all(isinstance(p, list) for p in prompt):
-        return [list(p) for p in prompt]
-    return [tokenize(text) for text in _prompt_texts(body)]
-
-
-def generate(ids: list[int], body: dict[str, Any], choice: int = 0, stop_first: bool = False) -> list[int]:
-    """The stub model: token k is (sum of every token before it + seed + choice) mod |WORDS|."""
-    n = min(MAX_TOKENS, body.get("max_completion_tokens") or body.get("max_tokens") or 16)
-    out: list[int] = []
-    for _ in range(n):
-        if stop_first and not out:
-            return [EOS]
-        out.append((sum(ids) + sum(out) + (body.get("seed") or 0) + choice) % len(WORDS))
-    return out
-
-
-def word(token_id: int) -> str:
-    return "" if token_id == EOS else f" {WORDS[token_id]}"
-
-
-def expected_tokens(body: dict[str, Any], prompt: str | None = None, choice: int = 0) -> list[str]:
-    """The token texts colocated serving of the client's `body` generates (default: its only prompt)."""
-    ids = prompt_ids(body)[0] if prompt is None else tokenize(prompt)
-    text = _prompt_texts(body)[0] if prompt is None else prompt
-    return [word(t) for t in generate(ids, body, choice, stop_first="STOPFIRST" in text)]
 
 
 def create_stub(role: str, engine_id: str = "stub-engine") -> tuple[FastAPI, StubState]:
@@ -194,8 +124,8 @@ async def _guarded(state: StubState, request: Request, chat: bool) -> Any:
     state.active += 1
     try:
         release = state.role == "decode" and body.get("max_tokens") == 1
-        magic_hold = f"HOLD{state.role.upper()}" in _prompt_text(body) and not release
-        if f"SLOW{state.role.upper()}" in _prompt_text(body):
+        magic_hold = f"HOLD{state.role.upper()}" in prompt_text(body) and not release
+        if f"SLOW{state.role.upper()}" in prompt_text(body):
             await asyncio.sleep(SLOW_S)
         answer = (await _wait_while_held(state, request, magic_hold)) or await _handle(state, body, chat)
     except (TypeError, AttributeError, ValueError, KeyError) as exc:
@@ -234,7 +164,7 @@ async def _tracked(state: StubState, chunks: Any):
 
 
 async def _handle(state: StubState, body: dict[str, Any], chat: bool) -> Any:
-    text = _prompt_text(body)
+    text = prompt_text(body)
     if state.fail_status is not None:
         return JSONResponse({"error": {"message": f"stub failing with {state.fail_status}",
                                        "type": "InternalServerError"}}, status_code=state.fail_status)
@@ -286,7 +216,7 @@ Output = tuple[list[int], list[int]]  # (prompt ids, generated ids) of one choic
 def _outputs(body: dict[str, Any], ids_per_prompt: list[list[int]]) -> list[Output]:
     """(prompt ids, generated ids) per choice, in vLLM's order: prompt i, choice j at i * n + j."""
     n = body.get("n") or 1
-    texts = _prompt_texts(body)
+    texts = prompt_texts(body)
     stop_first = ["STOPFIRST" in texts[i] if i < len(texts) else False for i in range(len(ids_per_prompt))]
     return [(ids, generate(ids, body, choice=j, stop_first=stop_first[i]))
             for i, ids in enumerate(ids_per_prompt) for j in range(n)]
@@ -296,7 +226,7 @@ def _prefill_answer(state: StubState, body: dict[str, Any], chat: bool) -> JSONR
     assert body["max_tokens"] == 1 and body["stream"] is False
     ids = prompt_ids(body)
     data = json.loads(_unary(_outputs(body, ids), chat, body).body)
-    if "NOKV" not in _prompt_text(body):  # vLLM: the first prompt's params only, for a whole batch
+    if "NOKV" not in prompt_text(body):  # vLLM: the first prompt's params only, for a whole batch
         data["kv_transfer_params"] = {"do_remote_prefill": True, "do_remote_decode": False,
                                       "remote_block_ids": [1, 2, 3], "remote_engine_id": state.engine_id,
                                       "remote_request_id": "stub-req", "remote_host": "127.0.0.1",

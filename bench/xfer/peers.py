@@ -39,8 +39,8 @@ class TcpConnectorSource:
 
     def prepare(self, size_bytes: int, transfers: int) -> dict[str, Any]:
         layout = layout_for(size_bytes)
-        self._buffer = pattern_buffer(size_bytes)
-        store = RegionBlockStore.from_arrays(layer_arrays(self._buffer, layout))
+        self._buffer = self._make_buffer(size_bytes)
+        store = self._make_store(layer_arrays(self._buffer, layout))
         leases = LeaseTable()
         for index in range(transfers):
             leases.publish(f"bench-{index}", range(layout.num_blocks), LEASE_S)
@@ -57,6 +57,14 @@ class TcpConnectorSource:
 
     def close(self) -> None:
         self.release()
+
+    def _make_buffer(self, size_bytes: int) -> np.ndarray:
+        """The bytes served (a subclass may serve other contents)."""
+        return pattern_buffer(size_bytes)
+
+    def _make_store(self, arrays: list[np.ndarray]) -> RegionBlockStore:
+        """The block store over the buffer's layers (a subclass may give it a KV dtype)."""
+        return RegionBlockStore.from_arrays(arrays)
 
 
 class TcpConnectorSink:

@@ -15,11 +15,9 @@ from typing import Any
 import numpy as np
 
 from bench.xfer.buffers import empty_buffer, layer_arrays, layout_for
-from bench.xfer.peers import HOST, LEASE_S, TRANSFER_TIMEOUT_S
+from bench.xfer.peers import TRANSFER_TIMEOUT_S, TcpConnectorSource
 from transport.tcp.blocks import RegionBlockStore
 from transport.tcp.client import pull_blocks
-from transport.tcp.lease import LeaseTable
-from transport.tcp.server import BlockServer
 from transport.tcp.wire import PullRequest
 from transport.tcp.wire_dtype import WireDtype
 
@@ -75,34 +73,14 @@ def _bound(want: np.ndarray, wire_dtype: WireDtype) -> np.ndarray | float:
     return 0.0
 
 
-class FloatKvSource:
+class FloatKvSource(TcpConnectorSource):
     """Publishes float32 KV on a block server that converts to whatever wire dtype a pull asks for."""
 
-    def __init__(self) -> None:
-        self._server: BlockServer | None = None
-        self._buffer: np.ndarray | None = None
+    def _make_buffer(self, size_bytes: int) -> np.ndarray:
+        return kv_buffer(size_bytes)
 
-    def prepare(self, size_bytes: int, transfers: int) -> dict[str, Any]:
-        layout = layout_for(size_bytes)
-        self._buffer = kv_buffer(size_bytes)
-        store = RegionBlockStore.from_arrays(layer_arrays(self._buffer, layout), kv_dtype=KV_DTYPE,
-                                             row_elements=ROW_ELEMENTS)
-        leases = LeaseTable()
-        for index in range(transfers):
-            leases.publish(f"bench-{index}", range(layout.num_blocks), LEASE_S)
-        self._server = BlockServer(store, leases, HOST, 0, transfer_timeout_s=TRANSFER_TIMEOUT_S)
-        port = self._server.start()
-        return {"host": HOST, "port": port, "layout_id": store.layout_id, "block_nbytes": store.block_nbytes,
-                "num_blocks": layout.num_blocks}
-
-    def release(self) -> dict[str, Any]:
-        if self._server is not None:
-            self._server.stop()
-        self._server, self._buffer = None, None
-        return {}
-
-    def close(self) -> None:
-        self.release()
+    def _make_store(self, arrays: list[np.ndarray]) -> RegionBlockStore:
+        return RegionBlockStore.from_arrays(arrays, kv_dtype=KV_DTYPE, row_elements=ROW_ELEMENTS)
 
 
 class _WireSink:

@@ -5,6 +5,7 @@ kv_transfer_params per batch), the disaggregated router answers what the colocat
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from typing import Any
 
@@ -123,12 +124,16 @@ def test_greedy_n_is_refused_as_vllm_refuses_it(routers):
 @pytest.mark.parametrize("stream", [False, True])
 @pytest.mark.parametrize("held", ["HOLDDECODE", "HOLDPREFILL"])
 def test_one_failing_part_fails_the_whole_request_and_cancels_the_others(held, stream):
-    with stub_cluster() as c:
+    with stub_cluster() as c, ThreadPoolExecutor(1) as pool:
         body = _completion(prompt=[f"{held} please", "FAIL500 now"], stream=stream)
-        resp = httpx.post(c.url + "/v1/completions", json=body, timeout=10)
+        held_node = c.decodes[0] if held == "HOLDDECODE" else c.prefills[0]
+        held_node.hold = True  # the failing part fails only once the held part is on its node, however slow the box
+        answer = pool.submit(httpx.post, c.url + "/v1/completions", json=body, timeout=10)
+        assert wait_for(lambda: held_node.active == 2), "both parts did not reach the held node"
+        held_node.hold = False
+        resp = answer.result()
         assert resp.status_code == 502, resp.text
         assert resp.json()["error"]["code"] in ("decode_http_500", "prefill_http_500")
-        held_node = c.decodes[0] if held == "HOLDDECODE" else c.prefills[0]
         assert wait_for(lambda: held_node.aborted == 1), "the other part was not cancelled"
         if held == "HOLDDECODE":  # cancelled after its prefill: a release call frees its blocks
             assert wait_for(lambda: len(c.decodes[0].released) == 1)
