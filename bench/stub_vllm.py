@@ -50,6 +50,8 @@ from starlette.requests import ClientDisconnect
 from bench.stub_model import EOS, generate, prompt_ids, prompt_text, prompt_texts, word
 
 SLOW_S = 0.3
+# prompt words that make a stub misbehave on purpose (see above); generated test requests must avoid them
+MAGIC_WORDS = ("FAIL500", "CUTSTREAM", "NOKV", "HOLDPREFILL", "HOLDDECODE", "SLOWPREFILL", "SLOWDECODE", "STOPFIRST")
 
 
 @dataclass
