@@ -81,6 +81,8 @@ def test_local_dry_run_shows_this_host_kind(capsys, nothing_starts):
     assert main(["up", "--local", "--dry-run", "--model", str(LLAMA), "--transport", "tcp"]) == 0
     out = capsys.readouterr().out
     assert "(this machine)" in out and "vLLM on a cpu host:" in out and "transport on a cpu host: tcp" in out
+    # as `up --local` runs it: with the fresh cluster token it writes into the run folder, masked
+    assert "--cluster-token-file" in out and "DISAGG_CLUSTER_TOKEN='***'" in out
 
 
 def test_masked_hides_secret_names_only():
