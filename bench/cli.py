@@ -28,7 +28,7 @@ Exit status 2 for a malformed config, an unknown preset or a bad number."""
 KV_SIZE_EPILOG = """\
 examples:
   disagg kv-size --preset Llama-3.1-8B --dtype fp16 --context-tokens 4096
-  disagg kv-size --config ~/.cache/disagg/SmolLM2-135M-Instruct --memory-gib 4 --bandwidth-gb-s 12.5
+  disagg kv-size --config ~/.cache/disagg/models/SmolLM2-135M-Instruct --memory-gib 4 --bandwidth-gb-s 12.5
   disagg kv-size --preset Llama-3.1-70B --decode-tokens-per-s 1000 --avg-context-tokens 2048 \\
       --params 70B --concurrency 32 --json"""
 
@@ -49,7 +49,7 @@ examples:
   disagg bench serve --url http://127.0.0.1:8000 --dataset prefix --prefix-len 1024 --input-len 64 \\
       --request-rate 2 --max-tokens 64 --ignore-eos --goodput ttft_ms=500,tpot_ms=50
   disagg bench serve --url http://127.0.0.1:8000 --dataset sharegpt --sharegpt-path sg.json \\
-      --endpoint /v1/chat/completions --tokenizer ~/.cache/disagg/SmolLM2-135M-Instruct"""
+      --endpoint /v1/chat/completions --tokenizer ~/.cache/disagg/models/SmolLM2-135M-Instruct"""
 
 COMPARE_DESCRIPTION = """\
 Runs the same workload against the colocated baseline and disaggregated serving (per transport) and

@@ -25,7 +25,7 @@ EPILOG = """\
 examples:
   disagg bench quality --prefill-url http://127.0.0.1:8100 --decode-url http://127.0.0.1:8200 --out-dir q
   disagg bench quality --prefill-url ... --decode-url ... --wire-dtypes native,int8 --num-prompts 10 \\
-      --cluster-token-file ~/.config/disagg/token"""
+      --cluster-token-file ~/.config/disagg/cluster-token"""
 
 
 def _wire_list(text: str) -> list[str]:

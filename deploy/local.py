@@ -80,11 +80,14 @@ class LocalOptions(BaseModel):
                                 "prefill nodes first, wrapping around the host's cores (one node per role and one "
                                 "core: the role's core)")
     prefill_policy: str | None = Field(None, json_schema_extra={"choices": policies.names},
-                                       description="the router's prefill node policy (router.policies)")
+                                       description="how the router picks a prefill node: round_robin (the router's default), "
+                                       "load_aware, prefix_aware (needs --kv-events); see `disagg router --help`")
     decode_policy: str | None = Field(None, json_schema_extra={"choices": policies.names},
-                                      description="the routers' decode node policy (router.policies)")
+                                      description="how the routers pick a decode node (the baseline router too): round_robin "
+                                      "(default), load_aware, prefix_aware; see `disagg router --help`")
     disagg_policy: Literal["always", "never", "conditional"] | None = Field(
-        None, description="the router's conditional disaggregation (router/decider.py)")
+        None, description="which requests the router disaggregates: always (default), never, or conditional "
+        "(each request by a cost model: `disagg router --help`)")
     kv_tier_port: int = Field(6390, **_PORT, description="--kv-tier redis: the Redis server's port; its /health "
                               "and /metrics are on the next port")
     engine: EngineSettings = Field(default_factory=EngineSettings, json_schema_extra={"flag": None})

@@ -50,7 +50,9 @@ def add_options(p: argparse.ArgumentParser) -> None:
                    help="conditional: fixed cost of the remote path, a second node call "
                         f"(default: {_DEFAULTS.remote_overhead_s:g})")
     g.add_argument("--max-prefill-wait-s", type=float, default=_DEFAULTS.max_prefill_wait_s,
-                   help="conditional: prefill locally when the prefill nodes' queue is longer than this "
+                   help="conditional: prefill locally when the least busy prefill node's queue would keep this "
+                        "request waiting longer than this many seconds (its queued prompt tokens over "
+                        "--prefill-tokens-per-s) "
                         f"(default: {_DEFAULTS.max_prefill_wait_s:g})")
 
 
