@@ -114,7 +114,7 @@ def _add_kv_arguments(kv: argparse._ArgumentGroup) -> None:
     kv.add_argument("--link-mib", type=positive_int, default=128, metavar="MIB",
                     help="bytes streamed per link measurement, MiB (default: 128)")
     kv.add_argument("--link-bandwidth-gb-s", type=positive_float, metavar="GB_S",
-                    help="use this link bandwidth instead of measuring it")
+                    help="use this link bandwidth, in GB/s (10^9 bytes per second), instead of measuring it")
     kv.add_argument("--max-model-len", type=positive_int, metavar="TOKENS",
                     help="with --local: the clusters' context (default: longest prompt + output, at most "
                          "the model's max_position_embeddings)")

@@ -80,7 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="model folder: what --local serves, and the tokenizer for exact lengths and the ideal "
                              f"hit rate (default: {default_model_dir()})")
     work = parser.add_argument_group("workload (bench.multiturn)")
-    work.add_argument("--conversations", type=positive_int, default=8, metavar="N", help="default: 8")
+    work.add_argument("--conversations", type=positive_int, default=8, metavar="N", help="conversations, sent one turn at a time (default: 8)")
     work.add_argument("--turns", type=positive_int, default=3, metavar="N", help="user turns each (default: 3)")
     work.add_argument("--system-tokens", type=positive_int, default=256, metavar="TOKENS",
                       help="the shared system prompt (default: 256)")
@@ -91,7 +91,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     work.add_argument("--max-tokens", type=positive_int, default=32, metavar="TOKENS",
                       help="answer tokens per turn (default: 32)")
     work.add_argument("--sharegpt-path", metavar="FILE", help="user turns from ShareGPT conversations instead")
-    work.add_argument("--seed", type=int, default=0, metavar="N", help="default: 0")
+    work.add_argument("--seed", type=int, default=0, metavar="N",
+                      help="seed of the synthetic conversations (default: 0)")
     work.add_argument("--block-size", type=positive_int, default=128, metavar="TOKENS",
                       help="the nodes' KV block size, for the ideal hit rate (default: 128, vLLM's CPU backend)")
     work.add_argument("--timeout-s", type=positive_float, default=600.0, metavar="SECONDS",

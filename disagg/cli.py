@@ -24,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
             "ships it over NIXL or TCP to a decode node, and an OpenAI-compatible router ties them together."
         ),
     )
-    parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
+    parser.add_argument("--log-level", default="INFO", type=str.upper,
+                        choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"), help="logging level (default: INFO)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     # Imported here so that `disagg --help` stays fast and optional deps stay optional.
     from disagg import model_cli
