@@ -101,7 +101,7 @@ def extra_router(cluster: Cluster, prefill_vllm_urls: list[str], *args: str, env
 def second_prefill_node(cluster: Cluster, startup_timeout_s: float = 400.0) -> Iterator[tuple[str, subprocess.Popen]]:
     """A second tcp prefill node (its vLLM URL and supervisor process), on the prefill node's core;
     killed with its whole vLLM server group when the block ends, leaving no process."""
-    port, kv_port = free_port(), free_port()
+    port, kv_port = free_port(with_next=True), free_port()  # /info on port + 1
     settings = NodeSettings.build(role="prefill", model=str(cluster.model_dir), transport="tcp", port=port,
                                   info_port=port + 1, kv_port=kv_port, cpu_cores="0",
                                   engine=EngineSettings(kv_lease_s=20, prefix_caching=False))

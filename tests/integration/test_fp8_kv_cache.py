@@ -37,7 +37,7 @@ START_TIMEOUT_S = 600.0
 
 
 def _start(role: str, transport: str, core: str, log_dir) -> tuple[subprocess.Popen, int]:
-    port, kv_port = free_port(), free_port()
+    port, kv_port = free_port(with_next=True), free_port()  # /info on port + 1
     argv = [sys.executable, "-m", "disagg", role, "--transport", transport, "--port", str(port), "--info-port",
             str(port + 1), "--kv-port", str(kv_port), "--cpu-cores", core, "--kv-cache-dtype", "fp8",
             "--no-prefix-caching", "--kv-lease-s", "20"]

@@ -94,8 +94,8 @@ def tier_cluster(model_dir: Path, log_dir: Path, transport: str, backend: str, m
     token_file = log_dir / "cluster-token"
     token_file.write_text(token + "\n")
     os.chmod(token_file, 0o600)
-    prefill_ports = _free_ports(2)
-    decode_port, router_port, baseline_port = _free_ports(3)
+    prefill_ports = [free_port(with_next=True) for _ in range(2)]  # a node's /info: its vLLM port + 1
+    decode_port, router_port, baseline_port = free_port(with_next=True), free_port(), free_port()
     tier: dict = {"backend": backend, "max_bytes": max_bytes, "ttl_s": 3600}
     if backend == "redis":
         tier.update(port=free_port(), health_port=free_port())
@@ -130,16 +130,6 @@ def tier_cluster(model_dir: Path, log_dir: Path, transport: str, backend: str, m
         problems = deploy_cluster.stop(deployed, deployed.components)
         left = _processes_in(log_dir)
         assert not (busy or problems or left), f"in use {busy}; stop problems {problems}; processes left {left}"
-
-
-def _free_ports(count: int) -> list[int]:
-    """Free ports whose next port is free too (a node's /info)."""
-    ports: list[int] = []
-    while len(ports) < count:
-        port = free_port()
-        if port + 1 not in ports and port - 1 not in ports and port < 65535:
-            ports.append(port)
-    return ports
 
 
 def _drained_all(cluster: TierCluster) -> dict:
