@@ -27,10 +27,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mode", choices=["disagg", "colocated"], default="disagg",
                    help="disagg: prefill node -> decode node; colocated: decode node alone (default: disagg)")
     p.add_argument("--prefill", action="append", default=[], metavar="URL",
-                   help="prefill node URL, e.g. http://127.0.0.1:8101 (repeatable: a failed prefill is "
+                   help="prefill node URL: a disagg node's info port (its /info names its vLLM server), e.g. "
+                        "http://127.0.0.1:8101, or a plain vLLM server's URL (repeatable: a failed prefill is "
                         "retried on another)")
     p.add_argument("--decode", action="append", default=[], metavar="URL",
-                   help="decode node URL, e.g. http://127.0.0.1:8201 (repeatable)")
+                   help="decode node URL: a disagg node's info port, e.g. http://127.0.0.1:8201, or a plain vLLM "
+                        "server's URL (repeatable)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
     p.add_argument("--request-timeout-s", type=float, default=600.0,
