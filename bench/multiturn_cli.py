@@ -80,7 +80,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="model folder: what --local serves, and the tokenizer for exact lengths and the ideal "
                              f"hit rate (default: {default_model_dir()})")
     work = parser.add_argument_group("workload (bench.multiturn)")
-    work.add_argument("--conversations", type=positive_int, default=8, metavar="N", help="conversations, sent one turn at a time (default: 8)")
+    work.add_argument("--conversations", type=positive_int, default=8, metavar="N",
+                      help="conversations, sent one turn at a time (default: 8)")
     work.add_argument("--turns", type=positive_int, default=3, metavar="N", help="user turns each (default: 3)")
     work.add_argument("--system-tokens", type=positive_int, default=256, metavar="TOKENS",
                       help="the shared system prompt (default: 256)")

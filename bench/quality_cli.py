@@ -44,7 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="served model name (default: the decode node's first)")
     parser.add_argument("--wire-dtypes", type=_wire_list, default=["native", "bf16", "fp16", "int8"],
                         help="comma-separated wire dtypes to compare (default native,bf16,fp16,int8)")
-    parser.add_argument("--num-prompts", type=positive_int, default=60, help="first N prompts of the set, at most 60 (default: 60)")
+    parser.add_argument("--num-prompts", type=positive_int, default=60,
+                        help="first N prompts of the set, at most 60 (default: 60)")
     parser.add_argument("--max-tokens", type=positive_int, default=32, help="greedy tokens per prompt (default 32)")
     parser.add_argument("--cluster-token-file", type=Path, default=None,
                         help="the cluster token (default: $DISAGG_CLUSTER_TOKEN; none: open nodes)")

@@ -19,13 +19,13 @@ wrong text. It refuses what vLLM refuses that matters to the P/D split: `min_tok
 `max_tokens` < 1 (without `echo`), `stream_options` without `stream`, an empty prompt, `n` > 1 with greedy
 sampling.
 
-The stub is a tiny autoregressive model over token ids: a prompt's words are its tokens (ids from a CRC
-of each word), and each generated token is a function of every token before it (prompt and output). So a
-decode stub asked to continue from "prompt ids + first token" generates exactly the tokens colocated serving
-would after that first token, as vLLM does: the router's first-token continuation is testable here. Token
-ids come back with `return_token_ids` (vLLM's places: completions per choice, chat's prompt ids at the top);
-chat streams start with a role chunk. `STOPFIRST` in a prompt makes the first generated token the end of
-sequence (empty text, finish reason "stop").
+The stub is a tiny autoregressive model over token ids (`bench/stub_model.py`): a prompt's words are its
+tokens (ids from a CRC of each word), and each generated token is a function of every token before it (prompt
+and output). So a decode stub asked to continue from "prompt ids + first token" generates exactly the tokens
+colocated serving would after that first token, as vLLM does: the router's first-token continuation is
+testable here. Token ids come back with `return_token_ids` (vLLM's places: completions per choice, chat's
+prompt ids at the top); chat streams start with a role chunk. `STOPFIRST` in a prompt makes the first
+generated token the end of sequence (empty text, finish reason "stop").
 
 Per stub, tests can also set on its `StubState`: `fail_status` (answer every generation request with
 that HTTP status), `info` (a NodeInfo to serve at /info), `hold` (keep requests waiting until it is cleared),
@@ -51,7 +51,8 @@ from bench.stub_model import EOS, generate, prompt_ids, prompt_text, prompt_text
 
 SLOW_S = 0.3
 # prompt words that make a stub misbehave on purpose (see above); generated test requests must avoid them
-MAGIC_WORDS = ("FAIL500", "CUTSTREAM", "NOKV", "HOLDPREFILL", "HOLDDECODE", "SLOWPREFILL", "SLOWDECODE", "STOPFIRST")
+MAGIC_WORDS = ("FAIL500", "CUTSTREAM", "NOKV", "HOLDPREFILL", "HOLDDECODE", "SLOWPREFILL", "SLOWDECODE",
+               "STOPFIRST")
 
 
 @dataclass

@@ -53,7 +53,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                             defaults={"run_dir": "~/.cache/disagg/logs/local"})
     engine_flags = add_flags(p.add_argument_group("--local: engine (both nodes; a cluster file's [engine])"),
                              EngineSettings)
-    p.add_argument("--demo", action="store_true", help="--local only: once up, send a sample chat request and print the answer")
+    p.add_argument("--demo", action="store_true",
+                   help="--local only: once up, send a sample chat request and print the answer")
     p.set_defaults(func=run_up, **{_LOCAL_FLAGS: local_flags, _ENGINE_FLAGS: engine_flags})
     add_cluster_parsers(sub)
 

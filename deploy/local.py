@@ -80,11 +80,13 @@ class LocalOptions(BaseModel):
                                 "prefill nodes first, wrapping around the host's cores (one node per role and one "
                                 "core: the role's core)")
     prefill_policy: str | None = Field(None, json_schema_extra={"choices": policies.names},
-                                       description="how the router picks a prefill node: round_robin (the router's default), "
-                                       "load_aware, prefix_aware (needs --kv-events); see `disagg router --help`")
+                                       description="how the router picks a prefill node: round_robin (the "
+                                       "router's default), load_aware, prefix_aware (needs --kv-events); see "
+                                       "`disagg router --help`")
     decode_policy: str | None = Field(None, json_schema_extra={"choices": policies.names},
-                                      description="how the routers pick a decode node (the baseline router too): round_robin "
-                                      "(default), load_aware, prefix_aware; see `disagg router --help`")
+                                      description="how the routers pick a decode node (the baseline router "
+                                      "too): round_robin (default), load_aware, prefix_aware; see "
+                                      "`disagg router --help`")
     disagg_policy: Literal["always", "never", "conditional"] | None = Field(
         None, description="which requests the router disaggregates: always (default), never, or conditional "
         "(each request by a cost model: `disagg router --help`)")

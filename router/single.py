@@ -6,8 +6,9 @@ and merges what it returns, knowing only its two results:
 - `unary(...)`: the decode node's JSON body (a dict in vLLM's response shape);
 - `open_stream(...)`: a stream (`router.substream`: the decode node's `SubStream`, or the prefill node's
   first token alone or spliced before the decode node's) whose `chunks()` yields each SSE `data:` payload
-  (`Chunk`, in vLLM's chunk shape), ending at `[DONE]`. It is opened (prefill done, the decode node's 200 received) before
-  it is returned, so a request the decode node refuses is an error before any byte reaches the client.
+  (`Chunk`, in vLLM's chunk shape), ending at `[DONE]`. It is opened (prefill done, the decode node's 200
+  received) before it is returned, so a request the decode node refuses is an error before any byte reaches
+  the client.
 
 Disagg (`prefill=True`): the prefill node gets `protocol.prefill_request`, the decode node the body plus the
 prefill's `kv_transfer_params` (`router.prefill` retries and falls back). A decode node that fails before any
