@@ -23,7 +23,8 @@ from node.settings import EngineSettings
 
 log = logging.getLogger(__name__)
 
-_PORT_RANGE = (20000, 60000)
+_PORTS_FROM = 20000  # up to the kernel's ephemeral range (32768 by default): see free_ports
+_handed_out: set[int] = set()
 __all__ = ["ClusterFailed", "LocalCluster", "free_ports", "local_cluster", "options"]
 
 
@@ -40,13 +41,32 @@ class LocalCluster:
 
 
 def free_ports(count: int, host: str = "127.0.0.1", tries: int = 200) -> int:
-    """The first of `count` consecutive ports that are all free to bind on `host` right now."""
+    """The first of `count` consecutive ports that are all free to bind on `host` right now and were not
+    handed out before by this process; ClusterFailed when none are found.
+
+    They lie below the kernel's ephemeral port range (`/proc/sys/net/ipv4/ip_local_port_range`), so that no
+    outgoing connection takes one while its server is down: a node restarted after a crash must bind its
+    ports again (CI once saw a restarted prefill node fail to bind its KV port, 47512, held by then as the
+    local end of some connection)."""
     rng = random.Random()
+    low, high = _port_range()
     for _ in range(tries):
-        first = rng.randrange(_PORT_RANGE[0], _PORT_RANGE[1] - count)
-        if all(_bindable(host, port) for port in range(first, first + count)):
+        first = rng.randrange(low, high - count)
+        ports = range(first, first + count)
+        if not _handed_out.intersection(ports) and all(_bindable(host, port) for port in ports):
+            _handed_out.update(ports)
             return first
-    raise ClusterFailed(f"no {count} consecutive free ports found on {host}")
+    raise ClusterFailed(f"no {count} consecutive free ports found on {host} in {low}-{high}")
+
+
+def _port_range() -> tuple[int, int]:
+    """[_PORTS_FROM, start of the ephemeral range); the whole range above _PORTS_FROM if that is too narrow."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as ranges:
+            ephemeral_low = int(ranges.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    return (_PORTS_FROM, ephemeral_low) if ephemeral_low - _PORTS_FROM >= 4096 else (_PORTS_FROM, 65535)
 
 
 def _bindable(host: str, port: int) -> bool:

@@ -187,6 +187,11 @@ def test_local_cluster_turns_prefix_caching_off(tmp_path: Path) -> None:
     assert spec.router.baseline_port == 2 and not spec.engine.prefix_caching
     first = local_cluster.free_ports(4)
     assert all(local_cluster._bindable("127.0.0.1", port) for port in range(first, first + 4))
+    low, high = local_cluster._port_range()
+    assert low <= first and first + 4 <= high  # below the kernel's ephemeral range: no connection takes them
+    others = [local_cluster.free_ports(4) for _ in range(20)]  # never handed out twice, even while unbound
+    taken = [port for start in [first, *others] for port in range(start, start + 4)]
+    assert len(set(taken)) == len(taken)
 
 
 def test_cli_reports_an_unreachable_mode_and_fails(servers: tuple[str, str], tmp_path: Path,
