@@ -8,8 +8,9 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from node.settings import check_env_keys
+
 _HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*$")
-_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class Strict(BaseModel):
@@ -64,13 +65,7 @@ class HostSpec(Strict):
 
     _addresses = field_validator("address", "kv_address", "kv_bind", "ssh_address")(check_address)
 
-    @field_validator("env")
-    @classmethod
-    def _env_keys(cls, env: dict[str, str]) -> dict[str, str]:
-        for key in env:
-            if not _ENV_KEY.match(key):
-                raise ValueError(f"{key!r} is not an environment variable name")
-        return env
+    _env_keys = field_validator("env")(check_env_keys)
 
     @property
     def kv(self) -> str:

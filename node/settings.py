@@ -25,6 +25,14 @@ _CORES = r"^\d+(-\d+)?(,\d+(-\d+)?)*$"
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
+def check_env_keys(env: dict[str, str]) -> dict[str, str]:
+    """`env` as given when every key is an environment variable name; else ValueError naming the first bad one."""
+    for key in env:
+        if not _ENV_KEY.match(key):
+            raise ValueError(f"{key!r} is not an environment variable name")
+    return env
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -125,13 +133,7 @@ class NodeSettings(_Frozen):
 
     _known_transport = field_validator("transport")(registry.known_choice)
 
-    @field_validator("env")
-    @classmethod
-    def _env_keys(cls, env: dict[str, str]) -> dict[str, str]:
-        for key in env:
-            if not _ENV_KEY.match(key):
-                raise ValueError(f"{key!r} is not an environment variable name")
-        return env
+    _env_keys = field_validator("env")(check_env_keys)
 
     @model_validator(mode="after")
     def _consistent(self) -> "NodeSettings":
