@@ -48,7 +48,7 @@ class RequestTiming(BaseModel):
     ttft_s: float | None = None  # arrival to the first token's chunk leaving the router (streams)
     decode_ttft_s: float | None = None  # the decode node's call to its first chunk: KV pull + first decode step
     decode_first_s: float | None = None  # arrival to the decode node's first chunk at the router (streams)
-    decode_s: float | None = None
+    decode_s: float | None = None  # the first decode call sent to the last answer or chunk (all parts)
     total_s: float | None = None
     kv_bytes: int | None = None
     decision: str | None = None  # disagg mode: remote or local prefill (router.decider)
@@ -58,6 +58,7 @@ class RequestTiming(BaseModel):
     status: str = "running"
     # monotonic clock of this process when the request arrived; not part of any message
     started_s: float = Field(default_factory=time.monotonic, exclude=True)
+    decode_sent_s: float | None = Field(default=None, exclude=True)  # monotonic: the first decode call sent
 
     def server_timing(self) -> str:
         """The W3C Server-Timing header value for what is known when headers go out."""

@@ -74,7 +74,7 @@ class StreamRelay:
         self._closed = True
         if status == "client_disconnected" and self._completed_status is not None:
             status = self._completed_status
-        self.timing.decode_s = time.monotonic() - self.started_s
+        self.timing.decode_s = time.monotonic() - (self.timing.decode_sent_s or self.started_s)
         with anyio.CancelScope(shield=True):  # close upstream even while being cancelled
             aclose = getattr(self.chunks, "aclose", None)
             if aclose is not None:

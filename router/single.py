@@ -173,6 +173,8 @@ class SinglePath:
             timing.kv_bytes = (timing.kv_bytes or 0) + timing.prompt_tokens * node.info.kv_bytes_per_token
         url = node.vllm_url + protocol.PATHS[endpoint]
         started_s = time.monotonic()
+        if role == "decode":
+            timing.decode_sent_s = min(started_s, timing.decode_sent_s or started_s)
         scope = AsyncExitStack()
         scope.callback(node.load.begin())  # router.load: a call in flight to the node until it ends
         try:
@@ -181,7 +183,8 @@ class SinglePath:
                 return SubStream(resp, scope, role, timing if role == "decode" else None, started_s,
                                  self._abandon_release(role, body, endpoint, headers))
             data = await post_json(self.client, role, url, body, headers)
-            timing.decode_s = max(timing.decode_s or 0.0, time.monotonic() - started_s)
+            if role == "decode":
+                timing.decode_s = max(timing.decode_s or 0.0, time.monotonic() - started_s)
             await scope.aclose()
             return data
         except BaseException as exc:

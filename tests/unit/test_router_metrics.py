@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import logging
+
 import httpx
 
 from tests.support.stub_cluster import completion, stub_cluster, wait_for
@@ -40,3 +43,18 @@ def test_latency_histograms_kv_bytes_and_outcomes_are_exported():
         assert m("disagg_router_kv_bytes_total") == prompt_tokens * KV_BYTES_PER_TOKEN
         assert m('disagg_router_nodes_healthy{role="decode"}') == 1
         assert m('disagg_router_failures_total{reason="invalid_value"}') == 1
+
+
+def test_the_logged_decode_time_spans_the_decode_call_so_it_is_never_below_its_first_chunk(caplog):
+    """decode_s counts from the decode call sent, as decode_ttft_s does, even when the node is slow to answer
+    with headers (SLOWDECODE: the stub sleeps 0.3 s before them, as a node pulling KV first may)."""
+    caplog.set_level(logging.INFO, logger="router.requests")
+    with stub_cluster() as c:
+        body = completion(prompt="hello SLOWDECODE", max_tokens=3, stream=True)
+        with httpx.stream("POST", f"{c.url}/v1/completions", json=body, timeout=10) as resp:
+            assert resp.status_code == 200 and resp.read().endswith(b"data: [DONE]\n\n")
+        assert wait_for(lambda: any("request {" in r.getMessage() for r in caplog.records))
+    line = next(r.getMessage() for r in caplog.records if "request {" in r.getMessage())
+    record = json.loads(line.split("request ", 1)[1])
+    assert record["decode_ttft_s"] >= 0.3 and record["decode_s"] >= record["decode_ttft_s"]
+    assert record["total_s"] >= record["decode_s"] and "decode_sent_s" not in record
