@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Iterator
 
 from core.errors import ConfigError
+from core.host import ephemeral_ports
 from deploy import local
 from deploy.cluster import ClusterFailed
 from node.settings import EngineSettings
@@ -61,11 +62,7 @@ def free_ports(count: int, host: str = "127.0.0.1", tries: int = 200) -> int:
 
 def _port_range() -> tuple[int, int]:
     """[_PORTS_FROM, start of the ephemeral range); the whole range above _PORTS_FROM if that is too narrow."""
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as ranges:
-            ephemeral_low = int(ranges.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        ephemeral_low = 32768
+    ephemeral_low = ephemeral_ports()[0]
     return (_PORTS_FROM, ephemeral_low) if ephemeral_low - _PORTS_FROM >= 4096 else (_PORTS_FROM, 65535)
 
 

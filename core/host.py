@@ -170,6 +170,17 @@ def rdma_devices(sysfs: Path = RDMA_SYSFS) -> list[str]:
         return []
 
 
+def ephemeral_ports(root: Path = ROOT) -> tuple[int, int]:
+    """The kernel's ephemeral port range, first and last (`net.ipv4.ip_local_port_range`; Linux's default
+    32768-60999 when it cannot be read): ports an outgoing connection may take as its local end, so a server
+    that listens on one may find it taken when it restarts."""
+    try:
+        low, high = (root / "proc/sys/net/ipv4/ip_local_port_range").read_text().split()[:2]
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def usable_cores() -> list[int]:
     return sorted(os.sched_getaffinity(0))
 

@@ -71,6 +71,8 @@ def up(cluster: Cluster) -> list[Component]:
     """Start what is not running; return what was started. Raises ConfigError (nothing started) or
     ClusterFailed (what was started is stopped again)."""
     found = preflight.check(cluster.spec, cluster.hosts, list(cluster.components))
+    for warning in found.warnings:
+        log.warning("%s", warning)
     if found.problems:
         raise ConfigError(f"cannot start cluster {cluster.spec.name!r}; nothing was started:\n  - "
                           + "\n  - ".join(found.problems))

@@ -27,6 +27,7 @@ from importlib import metadata
 from pathlib import Path
 
 from core.cluster_token import read_token
+from core.host import ephemeral_ports
 from core.errors import ConfigError
 from deploy import host_components
 
@@ -100,7 +101,8 @@ def _check(args: argparse.Namespace) -> dict:
     report = {"disagg": metadata.version("disagg"), "source": source_fingerprint(), "python": platform.python_version(),
               "vllm": vllm_version, "vllm_range": vllm_range, "vllm_supported": _supported(vllm_version, vllm_range),
               "addresses": {a: _address_problem(a) for a in args.address},
-              "busy_ports": [p for p in args.port if _port_busy(p)], "running": {}}
+              "busy_ports": [p for p in args.port if _port_busy(p)], "running": {},
+              "ephemeral_ports": list(ephemeral_ports())}
     if args.model:
         path = Path(args.model).expanduser()
         report["model"] = {"path": str(path), "ok": (path / "config.json").is_file()}

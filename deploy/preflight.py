@@ -3,7 +3,8 @@ disagg as this machine, node hosts have a supported vLLM (the same on all of the
 every address is the host's own, every port is free and, with a `token_file`, that file holds a token (the
 same on every host) readable by its owner only. All problems are collected and reported together, each
 naming its host; components already running (a second `up`) are reported as such, and their ports are not
-busy."""
+busy. A port inside the host's ephemeral range is a warning, not a problem (it works until an outgoing
+connection holds it while its component restarts)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 class Preflight:
     problems: list[str] = field(default_factory=list)
     running: dict[str, int] = field(default_factory=dict)  # component name -> pid
+    warnings: list[str] = field(default_factory=list)  # worth saying; nothing stops the start
 
 
 def check(spec: ClusterSpec, hosts: dict[str, Host], components: list[Component]) -> Preflight:
@@ -43,6 +45,7 @@ def check(spec: ClusterSpec, hosts: dict[str, Host], components: list[Component]
     for name, report in reports.items():
         result.running.update(report["running"])
         result.problems += _problems(spec, hosts[name], by_host[name], report)
+        result.warnings += _ephemeral_port_warnings(hosts[name].where, by_host[name], report)
     result.problems += _vllm_mismatch(spec, reports)
     result.problems += _token_mismatch(spec, hosts, reports)
     return result
@@ -84,6 +87,17 @@ def _problems(spec: ClusterSpec, host: Host, components: list[Component], report
             if f"{address}:{port}" in busy:
                 problems.append(f"{where}: port {port} on {address} ({field_name}) is already in use")
     return problems
+
+
+def _ephemeral_port_warnings(where: str, components: list[Component], report: dict) -> list[str]:
+    """Ports inside the host's ephemeral range: an outgoing connection may hold one as its local end while
+    the component is down, and its restart (after a crash, by its supervisor) then cannot bind it."""
+    low, high = report.get("ephemeral_ports") or (0, -1)  # an agent that does not say: nothing to warn about
+    return [f"{where}: port {port} on {address} ({field_name}) lies in the kernel's ephemeral port range "
+            f"{low}-{high} (net.ipv4.ip_local_port_range): an outgoing connection may take it while "
+            f"{c.name} is down, and a restart then fails to bind it; a port below {low} avoids that"
+            for c in components if c.name not in report["running"]
+            for address, port, field_name in c.binds if low <= port <= high]
 
 
 def _engine_problems(where: str, report: dict) -> list[str]:
@@ -141,7 +155,8 @@ def describe(spec: ClusterSpec, host: Host, components: list[Component]) -> list
     if addresses:
         checks.append(f"addresses {', '.join(addresses)} are this host's own")
     ports = [f"{address}:{port} ({field_name})" for c in components for address, port, field_name in c.binds]
-    checks.append(f"ports free (unless the component already runs, from {spec.cluster_run_dir}): {', '.join(ports)}")
+    checks.append(f"ports free (unless the component already runs, from {spec.cluster_run_dir}), a warning for "
+                  f"any in the host's ephemeral port range: {', '.join(ports)}")
     if any(c.is_node for c in components):
         checks.append(f"vLLM installed, in disagg's supported range, the same version on every node host; "
                       f"model folder {spec.model} holds a config.json")

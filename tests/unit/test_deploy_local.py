@@ -165,6 +165,8 @@ def test_up_refuses_busy_ports_with_a_clear_message(model_dir):
                                 capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert f"port {port} on 127.0.0.1 (router.port) is already in use" in result.stderr
+    # a port the kernel handed out is in its ephemeral range: the agent reports the range, up warns
+    assert f"port {port} on 127.0.0.1 (router.port) lies in the kernel's ephemeral port range" in result.stderr
     assert "nothing was started" in result.stderr
     assert not log_dir.exists(), "nothing may start"
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from core.errors import ConfigError
-from core.host import PLATFORMS, Platform, detect_platform, gpu_models, has_cuda, peer_memory_module, platform_named
+from core.host import (PLATFORMS, Platform, detect_platform, ephemeral_ports, gpu_models, has_cuda,
+                       peer_memory_module, platform_named)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -118,3 +119,10 @@ def test_presets_by_name_and_contradictions_refused():
         Platform(cuda=False, cores=(0,), unified_memory=True)
     with pytest.raises(ValueError, match="GPUDirect RDMA needs an RDMA device"):
         Platform(cuda=True, cores=(0,), gpudirect_rdma=True)
+
+
+def test_the_ephemeral_port_range_is_read_from_proc_or_is_linuxs_default(tmp_path):
+    assert ephemeral_ports(tmp_path) == (32768, 60999)  # nothing to read
+    (tmp_path / "proc/sys/net/ipv4").mkdir(parents=True)
+    (tmp_path / "proc/sys/net/ipv4/ip_local_port_range").write_text("40000\t50000\n")
+    assert ephemeral_ports(tmp_path) == (40000, 50000)

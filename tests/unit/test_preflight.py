@@ -56,6 +56,22 @@ def test_busy_ports_are_named_by_field_unless_their_component_already_runs():
     assert problems_of("box-a", {**busy, "running": {"prefill": 1234}}) == []
 
 
+def test_ports_in_the_ephemeral_range_are_warned_about_not_refused():
+    components = [c for c in plan(SPEC) if c.host == "box-a"]
+    where = hosts_of(SPEC)["box-a"].where
+    assert preflight._ephemeral_port_warnings(where, components, report(ephemeral_ports=[32768, 60999])) == []
+    warnings = preflight._ephemeral_port_warnings(where, components, report(ephemeral_ports=[8101, 60999]))
+    [first] = [w for w in warnings if "8101" in w]
+    assert first.startswith("box-a (ubuntu@192.168.1.21): port 8101 on 192.168.1.21 (prefill.info_port) lies in "
+                            "the kernel's ephemeral port range 8101-60999") and "below 8101" in first
+    assert all("8100 " not in w for w in warnings)  # below the range
+    assert preflight._ephemeral_port_warnings(where, components, report(ephemeral_ports=[8101, 60999],
+                                                                         running={"prefill": 1})) == [
+        w for w in warnings if "(prefill." not in w]  # a running component is not restarted by this `up`
+    assert preflight._ephemeral_port_warnings(where, components, report()) == []  # an agent that does not say
+    assert problems_of("box-a", report(ephemeral_ports=[1024, 65535])) == []
+
+
 def test_different_vllm_on_the_two_nodes():
     [problem] = preflight._vllm_mismatch(SPEC, {"box-a": report(), "box-b": report(vllm="0.32.1")})
     assert "box-a has 0.32.0, box-b has 0.32.1" in problem
