@@ -7,7 +7,7 @@ A prefill stub answers a request carrying `kv_transfer_params.do_remote_decode` 
 `FAIL500` (HTTP 500), `CUTSTREAM` (the stream ends without [DONE]), `NOKV` (prefill omits kv params),
 `HOLDPREFILL` / `HOLDDECODE` (the prefill / decode stub holds the request until its client goes away; not a
 one-token decode request, the way the router releases a prefill's KV on a plain vLLM server), `SLOWPREFILL`
-(the prefill stub answers after SLOW_S). Like a disagg node it answers the release call
+/ `SLOWDECODE` (the prefill / decode stub waits SLOW_S before it answers, headers included). Like a disagg node it answers the release call
 (`/disagg/v1/release_kv`), recording it in `released`.
 
 Like vLLM 0.32 it serves a completions `prompt` that is a list of strings or of token-id lists as a batch
@@ -17,7 +17,7 @@ and a prefill stub returns only the FIRST prompt's `kv_transfer_params` for a ba
 pulled prompt (as vLLM would decode from the first prompt's KV), so a batch sent through P/D as is answers
 wrong text. It refuses what vLLM refuses that matters to the P/D split: `min_tokens` > `max_tokens`,
 `max_tokens` < 1 (without `echo`), `stream_options` without `stream`, an empty prompt, `n` > 1 with greedy
-sampling.
+sampling. The answers' shapes are `bench/stub_answers.py`'s.
 
 The stub is a tiny autoregressive model over token ids (`bench/stub_model.py`): a prompt's words are its
 tokens (ids from a CRC of each word), and each generated token is a function of every token before it (prompt
@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,7 +46,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.requests import ClientDisconnect
 
-from bench.stub_model import EOS, generate, prompt_ids, prompt_text, prompt_texts, word
+from bench import stub_answers as answers
+from bench.stub_model import prompt_ids, prompt_text
 
 SLOW_S = 0.3
 # prompt words that make a stub misbehave on purpose (see above); generated test requests must avoid them
@@ -176,7 +176,7 @@ async def _handle(state: StubState, body: dict[str, Any], chat: bool) -> Any:
     if body.get("model") != "stub-model":
         return JSONResponse({"error": {"message": f"The model `{body.get('model')}` does not exist.",
                                        "type": "NotFoundError", "param": "model", "code": 404}}, status_code=404)
-    if (refusal := _refusal(body)) is not None:
+    if (refusal := answers.refusal(body)) is not None:
         message, param = refusal
         return JSONResponse({"error": {"message": message, "type": "BadRequestError", "param": param, "code": 400}},
                             status_code=400)
@@ -189,46 +189,18 @@ async def _handle(state: StubState, body: dict[str, Any], chat: bool) -> Any:
         kv = list(params.get("stub_prompt_ids") or [])
         remote = params.get("remote_num_tokens", len(kv))
         ids = [kv[:remote] + own[remote:] for own in ids]
-    outputs = _outputs(body, ids)
+    outputs = answers.outputs_of(body, ids)
     if body.get("stream"):
-        stream = _stream(outputs, chat, body, cut="CUTSTREAM" in text, delay_s=state.token_delay_s,
-                         first_delay_s=state.first_chunk_delay_s)
+        stream = answers.stream(outputs, chat, body, cut="CUTSTREAM" in text, delay_s=state.token_delay_s,
+                                first_delay_s=state.first_chunk_delay_s)
         return StreamingResponse(stream, media_type="text/event-stream")
-    return _unary(outputs, chat, body)
-
-
-def _refusal(body: dict[str, Any]) -> tuple[str, str | None] | None:
-    """(message, param) of vLLM's 400 for a body it refuses; None if it serves it."""
-    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
-    if isinstance(max_tokens, int) and max_tokens < 1 and not body.get("echo"):
-        return f"max_tokens must be at least 1, got {max_tokens}.", "max_tokens"
-    if isinstance(max_tokens, int) and (body.get("min_tokens") or 0) > max_tokens:
-        return f"min_tokens must be less than or equal to max_tokens={max_tokens}, got {body['min_tokens']}.", None
-    if body.get("stream_options") and not body.get("stream"):
-        return "Stream options can only be defined when `stream=True`.", "stream_options"
-    if body.get("prompt") == "" and "messages" not in body:
-        return "Either prompt or prompt_embeds must be provided and non-empty.", "prompt"
-    if (body.get("n") or 1) > 1 and body.get("temperature", 1.0) == 0:
-        return f"n must be 1 when using greedy sampling, got {body['n']}.", None
-    return None
-
-
-Output = tuple[list[int], list[int]]  # (prompt ids, generated ids) of one choice
-
-
-def _outputs(body: dict[str, Any], ids_per_prompt: list[list[int]]) -> list[Output]:
-    """(prompt ids, generated ids) per choice, in vLLM's order: prompt i, choice j at i * n + j."""
-    n = body.get("n") or 1
-    texts = prompt_texts(body)
-    stop_first = ["STOPFIRST" in texts[i] if i < len(texts) else False for i in range(len(ids_per_prompt))]
-    return [(ids, generate(ids, body, choice=j, stop_first=stop_first[i]))
-            for i, ids in enumerate(ids_per_prompt) for j in range(n)]
+    return answers.unary(outputs, chat, body)
 
 
 def _prefill_answer(state: StubState, body: dict[str, Any], chat: bool) -> JSONResponse:
     assert body["max_tokens"] == 1 and body["stream"] is False
     ids = prompt_ids(body)
-    data = json.loads(_unary(_outputs(body, ids), chat, body).body)
+    data = json.loads(answers.unary(answers.outputs_of(body, ids), chat, body).body)
     if "NOKV" not in prompt_text(body):  # vLLM: the first prompt's params only, for a whole batch
         data["kv_transfer_params"] = {"do_remote_prefill": True, "do_remote_decode": False,
                                       "remote_block_ids": [1, 2, 3], "remote_engine_id": state.engine_id,
@@ -236,79 +208,6 @@ def _prefill_answer(state: StubState, body: dict[str, Any], chat: bool) -> JSONR
                                       "remote_port": 5600, "remote_num_tokens": len(ids[0]),
                                       "stub_prompt_ids": ids[0]}
     return JSONResponse(data)
-
-
-def _finish(generated: list[int], body: dict[str, Any]) -> str:
-    return "stop" if generated and generated[-1] == EOS else "length"
-
-
-def _unary(outputs: list[Output], chat: bool, body: dict[str, Any]) -> JSONResponse:
-    ids_asked = bool(body.get("return_token_ids"))
-    choices = []
-    for index, (prompt, generated) in enumerate(outputs):
-        text = "".join(word(t) for t in generated)
-        choice: dict[str, Any] = {"index": index, "finish_reason": _finish(generated, body),
-                                  "token_ids": generated if ids_asked else None}
-        if chat:
-            choice["message"] = {"role": "assistant", "content": text}
-        else:
-            choice.update(text=text, prompt_token_ids=prompt if ids_asked else None)
-        choices.append(choice)
-    data = {"id": "stub-1", "object": "chat.completion" if chat else "text_completion",
-            "created": int(time.time()), "model": "stub-model", "choices": choices,
-            "usage": _usage(outputs, body.get("n") or 1)}
-    if chat:
-        data["prompt_token_ids"] = outputs[0][0] if ids_asked else None
-    return JSONResponse(data)
-
-
-def _usage(outputs: list[Output], n: int = 1) -> dict[str, int]:
-    prompt_tokens = sum(len(p) for p, _ in outputs[::n])
-    completion_tokens = sum(len(generated) for _, generated in outputs)
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
-
-
-def _chunk(data: dict[str, Any]) -> str:
-    """One SSE event, compact JSON with the id first, as vLLM writes them (pydantic's model_dump_json)."""
-    return f"data: {json.dumps({'id': 'stub-1', 'model': 'stub-model', **data}, separators=(',', ':'))}\n\n"
-
-
-async def _stream(outputs: list[Output], chat: bool, body: dict[str, Any], cut: bool, delay_s: float,
-                  first_delay_s: float = 0.0):
-    ids_asked = bool(body.get("return_token_ids"))
-    await asyncio.sleep(first_delay_s)
-    if chat:  # vLLM's chat streams open with the role, one chunk per choice
-        for index, (prompt, _) in enumerate(outputs):
-            role = {"choices": [{"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                                 "finish_reason": None}]}
-            yield _chunk({**role, **({"prompt_token_ids": prompt} if ids_asked else {})})
-    for i in range(max(len(generated) for _, generated in outputs)):
-        if cut and i == 2:
-            return
-        for index, (prompt, generated) in enumerate(outputs):
-            if i < len(generated):
-                yield _chunk({"choices": [_stream_choice(index, prompt, generated, i, chat, body)]})
-        await asyncio.sleep(delay_s)
-    if (body.get("stream_options") or {}).get("include_usage"):
-        yield _chunk({"choices": [], "usage": _usage(outputs, body.get("n") or 1)})
-    yield "data: [DONE]\n\n"
-    await asyncio.sleep(delay_s)  # and closes a pause later, as a busy server may
-
-
-def _stream_choice(index: int, prompt: list[int], generated: list[int], i: int, chat: bool,
-                   body: dict[str, Any]) -> dict[str, Any]:
-    last = i == len(generated) - 1
-    choice: dict[str, Any] = {"index": index, "finish_reason": _finish(generated, body) if last else None}
-    if chat:
-        choice["delta"] = {"content": word(generated[i])}
-    else:
-        choice["text"] = word(generated[i])
-    if body.get("return_token_ids"):
-        choice["token_ids"] = [generated[i]]
-        if not chat and i == 0:
-            choice["prompt_token_ids"] = prompt
-    return choice
 
 
 def main(argv: list[str] | None = None) -> None:
