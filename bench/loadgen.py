@@ -20,6 +20,7 @@ import httpx
 from bench.client import COMPLETIONS, ENDPOINTS, build_payload, discover_model, send_streaming
 from bench.datasets import Prompt
 from bench.metrics import RequestResult
+from router.upstream import NODE_KEEPALIVE_S
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,9 @@ async def run_load(settings: LoadSettings, prompts: Sequence[Prompt], warmup_pro
                    on_result: OnResult | None = None) -> LoadRun:
     """Run warm-up (not counted), then the measured prompts. `on_result` sees each measured result."""
     headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=settings.concurrency or 100)
+    # idle connections dropped before a vLLM server (5 s) would close them under a reused request
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=settings.concurrency or 100,
+                          keepalive_expiry=NODE_KEEPALIVE_S)
     async with httpx.AsyncClient(timeout=httpx.Timeout(settings.timeout_s), headers=headers,
                                  limits=limits) as client:
         deadline_s = time.perf_counter() + settings.max_duration_s

@@ -10,6 +10,11 @@ from core.cluster_token import CLUSTER_TOKEN_ENV, read_token
 from router import routing_cli
 from router.config import RouterConfig
 
+# How long the router keeps a client's idle connection open: longer than HTTP clients keep theirs in a pool
+# (httpx and the openai SDK 5 s, aiohttp 15 s), so a client rarely reuses one the router is just closing
+# (uvicorn's default, 5 s, races them); proxies do the same (nginx's keepalive_timeout: 75 s).
+CLIENT_KEEPALIVE_S = 75
+
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -92,5 +97,6 @@ def run(args: argparse.Namespace) -> int:
     from router.app import create_app
 
     config = config_from_args(args)
-    uvicorn.run(create_app(config), host=config.host, port=config.port, log_level="warning")
+    uvicorn.run(create_app(config), host=config.host, port=config.port, log_level="warning",
+                timeout_keep_alive=CLIENT_KEEPALIVE_S)
     return 0

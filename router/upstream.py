@@ -23,6 +23,11 @@ from core.errors import ClientRelayedError, DeadlineExceeded, DisaggError, Upstr
 
 
 JSON_HEADERS = {"Content-Type": "application/json"}
+# How long an idle pooled connection to a node is kept: under the 5 s after which vLLM's server closes one
+# (uvicorn's `timeout_keep_alive`, vLLM's VLLM_HTTP_TIMEOUT_KEEP_ALIVE=5; our nodes' /info server: uvicorn's
+# default, also 5 s). Longer, and a connection the server closes just as the router reuses it fails the call
+# with "connection reset by peer" (a unit-test loop saw it: a 502, the node marked down; the pool kept 60 s).
+NODE_KEEPALIVE_S = 4.0
 
 
 def encode_json(body: dict[str, Any]) -> bytes:
@@ -59,9 +64,10 @@ def error_from_response(role: str, status: int, content: bytes) -> DisaggError:
 def client_session(request_timeout_s: float, connect_timeout_s: float, headers: dict[str, str],
                    max_connections: int = 1000) -> aiohttp.ClientSession:
     """The router's client for node calls: `headers` on every call (the cluster token), a connection pool
-    of `max_connections`, connecting within `connect_timeout_s` and reading within `request_timeout_s`."""
+    of `max_connections` whose idle connections close after NODE_KEEPALIVE_S, connecting within
+    `connect_timeout_s` and reading within `request_timeout_s`."""
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s, sock_read=request_timeout_s)
-    connector = aiohttp.TCPConnector(limit=max_connections, limit_per_host=0, keepalive_timeout=60.0)
+    connector = aiohttp.TCPConnector(limit=max_connections, limit_per_host=0, keepalive_timeout=NODE_KEEPALIVE_S)
     return aiohttp.ClientSession(connector=connector, timeout=timeout, headers=headers, auto_decompress=False)
 
 
