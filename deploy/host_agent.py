@@ -27,8 +27,8 @@ from importlib import metadata
 from pathlib import Path
 
 from core.cluster_token import read_token
-from core.host import ephemeral_ports
 from core.errors import ConfigError
+from core.host import ephemeral_ports
 from deploy import host_components
 
 SOURCE_PACKAGES = ("disagg", "core", "node", "transport", "prefill_node", "decode_node", "router", "deploy")
