@@ -90,8 +90,8 @@ def _dry_run_local(options: local.LocalOptions, args: argparse.Namespace) -> int
     from deploy import dry_run
 
     platform = args.platform or next((name for name, p in PLATFORMS.items() if p.cuda == detect_platform().cuda))
-    token_file = local.run_dir_of(options) / local.TOKEN_FILE_NAME  # `up --local` writes a fresh token there
-    print(dry_run.report(Cluster.of(local.spec(options, token_file)), platform, args.model_config))
+    # as `up --local` runs it: with the fresh token it writes there
+    print(dry_run.report(Cluster.of(local.spec(options, local.token_file_of(options))), platform, args.model_config))
     return 0
 
 

@@ -170,6 +170,11 @@ def run_dir_of(options: LocalOptions) -> Path:
     return Path(options.run_dir).expanduser().resolve()
 
 
+def token_file_of(options: LocalOptions) -> Path:
+    """Where `running` writes the cluster token while the cluster runs (what `up --local --dry-run` shows)."""
+    return run_dir_of(options) / TOKEN_FILE_NAME
+
+
 @contextmanager
 def running(options: LocalOptions, token: str | None = None) -> Iterator[Cluster]:
     """Start the cluster attached, yield it once every component is healthy, stop it when the block ends.
@@ -178,7 +183,7 @@ def running(options: LocalOptions, token: str | None = None) -> Iterator[Cluster
     model, ...; nothing started) or deploy.cluster.ClusterFailed (what was started is stopped). Call it from
     the main thread: the components die with the thread that started them.
     """
-    with _token_file(run_dir_of(options), token or secrets.token_hex(32)) as token_file:
+    with _token_file(token_file_of(options), token or secrets.token_hex(32)) as token_file:
         cluster = Cluster.of(spec(options, token_file), attached=True)
         up(cluster)  # when it fails, it stops what it started
         try:
@@ -191,12 +196,12 @@ def running(options: LocalOptions, token: str | None = None) -> Iterator[Cluster
 
 
 @contextmanager
-def _token_file(run_dir: Path, token: str) -> Iterator[Path]:
-    """`token` in RUN_DIR/cluster-token (mode 600) while the block runs; the file (and the run folder, when
+def _token_file(path: Path, token: str) -> Iterator[Path]:
+    """`token` in `path` (mode 600) while the block runs; the file (and its folder, the run folder, when
     this made it and it stayed empty) removed afterwards."""
+    run_dir = path.parent
     made = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / TOKEN_FILE_NAME
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.fchmod(fd, 0o600)
