@@ -183,8 +183,8 @@ class SinglePath:
                 return SubStream(resp, scope, role, timing if role == "decode" else None, started_s,
                                  self._abandon_release(role, body, endpoint, headers))
             data = await post_json(self.client, role, url, body, headers)
-            if role == "decode":
-                timing.decode_s = max(timing.decode_s or 0.0, time.monotonic() - started_s)
+            if role == "decode":  # the first decode call sent to the last answer, as a stream's (router.relay)
+                timing.decode_s = max(timing.decode_s or 0.0, time.monotonic() - timing.decode_sent_s)
             await scope.aclose()
             return data
         except BaseException as exc:
